@@ -18,6 +18,11 @@ std::int64_t Shape::numel() const noexcept {
     return n;
 }
 
+void Shape::set_dim(int i, std::int64_t value) {
+    Q4TP_CHECK(i >= 0 && i < rank_ && value >= 0, "bad dimension " << i << " = " << value << " for " << str());
+    dims_[static_cast<std::size_t>(i)] = value;
+}
+
 bool Shape::operator==(const Shape& other) const noexcept {
     if (rank_ != other.rank_) return false;
     for (int i = 0; i < rank_; ++i) {
@@ -32,6 +37,24 @@ std::string Shape::str() const {
     for (int i = 0; i < rank_; ++i) oss << (i ? ", " : "") << dims_[static_cast<std::size_t>(i)];
     oss << "]";
     return oss.str();
+}
+
+TensorView TensorView::reshaped(const Shape& new_shape) const {
+    Q4TP_CHECK(new_shape.numel() == shape.numel(),
+               "cannot view " << shape.str() << " as " << new_shape.str() << ": element counts differ");
+    TensorView view = *this;
+    view.shape = new_shape;
+    return view;
+}
+
+TensorView TensorView::rows(std::int64_t begin, std::int64_t count) const {
+    Q4TP_CHECK(shape.rank() >= 1 && begin >= 0 && count >= 0 && begin + count <= shape[0],
+               "rows [" << begin << ", " << begin + count << ") out of range for shape " << shape.str());
+    const std::int64_t row_elements = shape[0] == 0 ? 0 : shape.numel() / shape[0];
+    TensorView view = *this;
+    view.data = static_cast<char*>(data) + static_cast<std::size_t>(begin * row_elements) * dtype_size(dtype);
+    view.shape.set_dim(0, count);
+    return view;
 }
 
 }  // namespace q4tp

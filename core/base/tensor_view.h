@@ -33,6 +33,7 @@ public:
     int rank() const noexcept { return rank_; }
     std::int64_t operator[](int i) const noexcept { return dims_[static_cast<std::size_t>(i)]; }
     std::int64_t numel() const noexcept;
+    void set_dim(int i, std::int64_t value);
     bool operator==(const Shape& other) const noexcept;
     std::string str() const;  //!< "[4096, 11008]"
 
@@ -50,11 +51,16 @@ struct TensorView {
     std::int64_t numel() const noexcept { return shape.numel(); }
     std::size_t bytes() const { return static_cast<std::size_t>(numel()) * dtype_size(dtype); }
 
-    //! Typed access after checking the dtype: view.as<float>().
+    //! Typed pointer: view.as<float>(). The caller knows the dtype (checked where the view is made).
     template <typename T>
     T* as() const {
         return static_cast<T*>(data);
     }
+
+    //! The same memory seen with another shape of equal element count.
+    TensorView reshaped(const Shape& new_shape) const;
+    //! Rows [begin, begin + count) of the outermost dimension.
+    TensorView rows(std::int64_t begin, std::int64_t count) const;
 };
 
 }  // namespace q4tp
