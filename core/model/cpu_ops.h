@@ -1,0 +1,41 @@
+//! CpuOps: the float32 reference backend over kernels/cpu. Weights are dequantized once at load with the
+//! loaders' reference dequantizer; every op is a plain loop. It is what CI runs end to end and the oracle
+//! the CUDA backend is tested against.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/base/host_buffer.h"
+#include "core/model/ops.h"
+
+namespace q4tp::model {
+
+class CpuOps final : public Ops {
+public:
+    Device device() const override { return Device::Host; }
+    DType activation_dtype() const override { return DType::F32; }
+    const char* name() const override { return "cpu (float32 reference)"; }
+
+    TensorView allocate(DType dtype, const Shape& shape) override;
+    void upload(const void* src, DType src_dtype, TensorView dst) override;
+    void upload_ids(std::span<const std::int32_t> ids, TensorView dst) override;
+    void download(TensorView src, std::span<float> dst) override;
+    std::unique_ptr<LinearWeights> make_linear(const loaders::GptqLinear& layer) override;
+    void synchronize() override {}
+
+    void embedding(TensorView table, TensorView ids, TensorView out) override;
+    void rms_norm(TensorView x, TensorView weight, float eps, TensorView out) override;
+    void linear(const LinearWeights& weights, TensorView x, TensorView y) override;
+    void rope(TensorView x, TensorView positions, const RopeFrequencies& freqs) override;
+    void append_kv(TensorView k, TensorView v, TensorView k_cache, TensorView v_cache, std::int64_t past_len) override;
+    void attention(const AttentionArgs& args) override;
+    void silu_mul(TensorView gate, TensorView up, TensorView out) override;
+    void add(TensorView x, TensorView y) override;
+    void lm_head(TensorView x, TensorView weight, TensorView logits) override;
+
+private:
+    std::vector<HostBuffer<std::byte>> allocations_;
+};
+
+}  // namespace q4tp::model

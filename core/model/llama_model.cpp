@@ -1,0 +1,260 @@
+#include "core/model/llama_model.h"
+
+#include <chrono>
+#include <string>
+
+#include "core/base/error.h"
+#include "core/base/logging.h"
+#include "kernels/cpu/rope.h"
+#include "loaders/checkpoint.h"
+#include "loaders/gptq.h"
+
+namespace q4tp::model {
+
+// One decoder layer's weights (names as in the Hugging Face checkpoint, docs/formats.md §2.1).
+struct LlamaModel::Layer {
+    TensorView input_norm;                   //!< [H] input_layernorm
+    TensorView post_norm;                    //!< [H] post_attention_layernorm
+    std::unique_ptr<LinearWeights> q_proj;   //!< H -> nh*d
+    std::unique_ptr<LinearWeights> k_proj;   //!< H -> nkv*d
+    std::unique_ptr<LinearWeights> v_proj;   //!< H -> nkv*d
+    std::unique_ptr<LinearWeights> o_proj;   //!< nh*d -> H
+    std::unique_ptr<LinearWeights> gate_proj;  //!< H -> I
+    std::unique_ptr<LinearWeights> up_proj;    //!< H -> I
+    std::unique_ptr<LinearWeights> down_proj;  //!< I -> H
+};
+
+// Activations for up to max_batch_tokens tokens, allocated once (nothing is allocated per forward).
+struct LlamaModel::Workspace {
+    TensorView ids;        //!< I32 [M]
+    TensorView positions;  //!< I32 [M]
+    TensorView x;          //!< [M][H] residual stream
+    TensorView h;          //!< [M][H] normed input of a block
+    TensorView q;          //!< [M][nh*d]
+    TensorView k;          //!< [M][nkv*d]
+    TensorView v;          //!< [M][nkv*d]
+    TensorView attn;       //!< [M][nh*d]
+    TensorView proj;       //!< [M][H] o_proj / down_proj output before the residual add
+    TensorView gate;       //!< [M][I]
+    TensorView up;         //!< [M][I]
+    TensorView act;        //!< [M][I]
+    TensorView logits;     //!< F32 [M][V]
+    std::vector<std::int32_t> host_positions;  //!< [M]
+};
+
+namespace {
+
+std::string layer_prefix(std::int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+
+void validate_config(const ModelConfig& c) {
+    Q4TP_CHECK(c.num_attention_heads % c.num_key_value_heads == 0,
+               "num_attention_heads " << c.num_attention_heads << " is not a multiple of num_key_value_heads "
+                                      << c.num_key_value_heads);
+    Q4TP_CHECK(c.head_dim % 2 == 0, "head_dim " << c.head_dim << " must be even for RoPE");
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, const loaders::Checkpoint& checkpoint,
+                       Ops& ops, const RuntimeConfig& runtime)
+    : config_(config),
+      ops_(ops),
+      runtime_(runtime),
+      cache_(ops, config.num_hidden_layers, config.num_key_value_heads, config.head_dim, runtime.max_context) {
+    validate_config(config_);
+    Q4TP_CHECK(runtime.max_batch_tokens > 0, "max_batch_tokens must be positive");
+    load_weights(checkpoint, quant);
+
+    const std::int64_t m = runtime_.max_batch_tokens;
+    const DType act = ops_.activation_dtype();
+    ws_ = std::make_unique<Workspace>();
+    ws_->ids = ops_.allocate(DType::I32, Shape{m});
+    ws_->positions = ops_.allocate(DType::I32, Shape{m});
+    ws_->x = ops_.allocate(act, Shape{m, config_.hidden_size});
+    ws_->h = ops_.allocate(act, Shape{m, config_.hidden_size});
+    ws_->q = ops_.allocate(act, Shape{m, config_.q_dim()});
+    ws_->k = ops_.allocate(act, Shape{m, config_.kv_dim()});
+    ws_->v = ops_.allocate(act, Shape{m, config_.kv_dim()});
+    ws_->attn = ops_.allocate(act, Shape{m, config_.q_dim()});
+    ws_->proj = ops_.allocate(act, Shape{m, config_.hidden_size});
+    ws_->gate = ops_.allocate(act, Shape{m, config_.intermediate_size});
+    ws_->up = ops_.allocate(act, Shape{m, config_.intermediate_size});
+    ws_->act = ops_.allocate(act, Shape{m, config_.intermediate_size});
+    ws_->logits = ops_.allocate(DType::F32, Shape{m, config_.vocab_size});
+    ws_->host_positions.resize(static_cast<std::size_t>(m));
+    rope_for(0);
+}
+
+LlamaModel::~LlamaModel() = default;
+
+void LlamaModel::load_weights(const loaders::Checkpoint& checkpoint, const QuantConfig& quant) {
+    const auto started = std::chrono::steady_clock::now();
+    const std::int64_t hidden = config_.hidden_size;
+    const DType act = ops_.activation_dtype();
+
+    // Non-quantized tensors are F16 in GPTQ checkpoints (formats.md §2.1); the backend converts.
+    auto load_dense = [&](const std::string& name, const Shape& shape) {
+        const std::vector<std::int64_t> dims = [&] {
+            std::vector<std::int64_t> d;
+            for (int i = 0; i < shape.rank(); ++i) d.push_back(shape[i]);
+            return d;
+        }();
+        HostBuffer<std::uint16_t> host = checkpoint.read<std::uint16_t>(name, DType::F16, dims);
+        TensorView view = ops_.allocate(act, shape);
+        ops_.upload(host.data(), DType::F16, view);
+        weight_bytes_ += view.bytes();
+        return view;
+    };
+    auto load_linear = [&](const std::string& name, std::int64_t k, std::int64_t n) {
+        loaders::GptqLinear layer = loaders::load_gptq_linear(checkpoint, name, k, n, quant);
+        auto weights = ops_.make_linear(layer);
+        weight_bytes_ += weights->bytes();
+        return weights;
+    };
+
+    embed_tokens_ = load_dense("model.embed_tokens.weight", Shape{config_.vocab_size, hidden});
+    const std::int64_t layers = config_.num_hidden_layers;
+    layers_.resize(static_cast<std::size_t>(layers));
+    std::int64_t next_report = 1;
+    for (std::int64_t i = 0; i < layers; ++i) {
+        const std::string p = layer_prefix(i);
+        Layer& layer = layers_[static_cast<std::size_t>(i)];
+        layer.input_norm = load_dense(p + "input_layernorm.weight", Shape{hidden});
+        layer.post_norm = load_dense(p + "post_attention_layernorm.weight", Shape{hidden});
+        layer.q_proj = load_linear(p + "self_attn.q_proj", hidden, config_.q_dim());
+        layer.k_proj = load_linear(p + "self_attn.k_proj", hidden, config_.kv_dim());
+        layer.v_proj = load_linear(p + "self_attn.v_proj", hidden, config_.kv_dim());
+        layer.o_proj = load_linear(p + "self_attn.o_proj", config_.q_dim(), hidden);
+        layer.gate_proj = load_linear(p + "mlp.gate_proj", hidden, config_.intermediate_size);
+        layer.up_proj = load_linear(p + "mlp.up_proj", hidden, config_.intermediate_size);
+        layer.down_proj = load_linear(p + "mlp.down_proj", config_.intermediate_size, hidden);
+        // A progress line about every 10% of the layers: a 70B checkpoint takes a while.
+        if ((i + 1) * 10 >= next_report * layers || i + 1 == layers) {
+            const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+            Q4TP_LOG_INFO("loading: layer " << i + 1 << "/" << layers << ", " << weight_bytes_ / 1e9 << " GB in "
+                                            << seconds << " s");
+            next_report = (i + 1) * 10 / layers + 1;
+        }
+    }
+    final_norm_ = load_dense("model.norm.weight", Shape{hidden});
+    if (config_.tie_word_embeddings) {
+        lm_head_ = embed_tokens_;
+    } else {
+        Q4TP_CHECK(static_cast<bool>(checkpoint.find("lm_head.weight")),
+                   "lm_head.weight is missing from the checkpoint and config.json does not set tie_word_embeddings");
+        lm_head_ = load_dense("lm_head.weight", Shape{config_.vocab_size, hidden});
+    }
+    ops_.synchronize();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    Q4TP_LOG_INFO("loaded " << weight_bytes_ / 1e9 << " GB of weights in " << seconds << " s ("
+                            << (seconds > 0 ? weight_bytes_ / 1e9 / seconds : 0.0) << " GB/s) on " << ops_.name());
+}
+
+const RopeFrequencies& LlamaModel::rope_for(std::int64_t seq_len) {
+    // Only dynamic NTK scaling depends on the sequence length (formats.md R4.9); every other type is
+    // computed once.
+    const bool dynamic = config_.rope_scaling.type == RopeType::Dynamic;
+    const std::int64_t key = dynamic ? std::max(seq_len, config_.max_position_embeddings) : 0;
+    if (key == rope_seq_len_) return rope_;
+    const kernels::cpu::RopeFrequencies freqs = dynamic ? kernels::cpu::rope_inv_freq_dynamic(config_, key)
+                                                    : kernels::cpu::rope_inv_freq(config_);
+    if (!rope_.inv_freq.data) rope_.inv_freq = ops_.allocate(DType::F32, Shape{config_.head_dim / 2});
+    ops_.upload(freqs.inv_freq.data(), DType::F32, rope_.inv_freq);
+    rope_.attention_scaling = freqs.attention_scaling;
+    rope_seq_len_ = key;
+    return rope_;
+}
+
+void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
+                         std::vector<float>& logits, const HiddenObserver* observer) {
+    const auto total = static_cast<std::int64_t>(tokens.size());
+    Q4TP_CHECK(total > 0, "forward() needs at least one token");
+    Q4TP_CHECK(past_len >= 0 && past_len + total <= cache_.capacity(),
+               "sequence of " << past_len + total << " tokens exceeds the context of " << cache_.capacity()
+                              << " tokens");
+    const auto vocab = static_cast<std::size_t>(config_.vocab_size);
+    logits.resize(mode == LogitsMode::All ? vocab * tokens.size() : vocab);
+    for (std::int64_t begin = 0; begin < total; begin += runtime_.max_batch_tokens) {
+        const std::int64_t m = std::min(runtime_.max_batch_tokens, total - begin);
+        const bool last_chunk = begin + m == total;
+        float* out = mode == LogitsMode::All ? logits.data() + static_cast<std::size_t>(begin) * vocab
+                                             : (last_chunk ? logits.data() : nullptr);
+        forward_chunk(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(m)),
+                      past_len + begin, mode, out, observer);
+    }
+}
+
+void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
+                               float* logits_out, const HiddenObserver* observer) {
+    Workspace& ws = *ws_;
+    const auto m = static_cast<std::int64_t>(tokens.size());
+    for (std::int64_t i = 0; i < m; ++i) {
+        ws.host_positions[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(past_len + i);
+    }
+    ops_.upload_ids(tokens, ws.ids.rows(0, m));
+    ops_.upload_ids(std::span<const std::int32_t>(ws.host_positions.data(), static_cast<std::size_t>(m)),
+                    ws.positions.rows(0, m));
+    rope_for(past_len + m);
+
+    TensorView x = ws.x.rows(0, m);
+    ops_.embedding(embed_tokens_, ws.ids.rows(0, m), x);
+    if (observer) (*observer)(-1, x);
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+        decoder_layer(layers_[i], static_cast<std::int64_t>(i), m, past_len);
+        if (observer) (*observer)(static_cast<std::int64_t>(i), x);
+    }
+    TensorView normed = ws.h.rows(0, m);
+    ops_.rms_norm(x, final_norm_, static_cast<float>(config_.rms_norm_eps), normed);
+    if (observer) (*observer)(config_.num_hidden_layers, normed);
+    if (!logits_out) return;
+    // Only the last position's logits are needed to continue a sequence; computing all of them is for
+    // evaluation (perplexity, golden comparisons).
+    const std::int64_t rows = mode == LogitsMode::All ? m : 1;
+    TensorView logits = ws.logits.rows(0, rows);
+    ops_.lm_head(normed.rows(m - rows, rows), lm_head_, logits);
+    ops_.download(logits, std::span<float>(logits_out, static_cast<std::size_t>(rows * config_.vocab_size)));
+}
+
+void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len) {
+    Workspace& ws = *ws_;
+    const auto eps = static_cast<float>(config_.rms_norm_eps);
+    const std::int64_t nh = config_.num_attention_heads;
+    const std::int64_t nkv = config_.num_key_value_heads;
+    const std::int64_t d = config_.head_dim;
+    TensorView x = ws.x.rows(0, m);
+    TensorView h = ws.h.rows(0, m);
+    TensorView proj = ws.proj.rows(0, m);
+    TensorView positions = ws.positions.rows(0, m);
+
+    // Attention block: x += o_proj(attention(rope(q), rope(k), v)) on rms_norm(x).
+    ops_.rms_norm(x, layer.input_norm, eps, h);
+    TensorView q = ws.q.rows(0, m);
+    TensorView k = ws.k.rows(0, m);
+    TensorView v = ws.v.rows(0, m);
+    ops_.linear(*layer.q_proj, h, q);
+    ops_.linear(*layer.k_proj, h, k);
+    ops_.linear(*layer.v_proj, h, v);
+    TensorView q_heads = q.reshaped(Shape{m, nh, d});
+    TensorView k_heads = k.reshaped(Shape{m, nkv, d});
+    ops_.rope(q_heads, positions, rope_);
+    ops_.rope(k_heads, positions, rope_);
+    ops_.append_kv(k_heads, v.reshaped(Shape{m, nkv, d}), cache_.keys(index), cache_.values(index), past_len);
+    TensorView attn = ws.attn.rows(0, m);
+    ops_.attention(AttentionArgs{q_heads, cache_.keys(index), cache_.values(index), past_len,
+                                 attn.reshaped(Shape{m, nh, d})});
+    ops_.linear(*layer.o_proj, attn, proj);
+    ops_.add(x, proj);
+
+    // MLP block: x += down(silu(gate(u)) * up(u)), u = rms_norm(x).
+    ops_.rms_norm(x, layer.post_norm, eps, h);
+    TensorView gate = ws.gate.rows(0, m);
+    TensorView up = ws.up.rows(0, m);
+    TensorView act = ws.act.rows(0, m);
+    ops_.linear(*layer.gate_proj, h, gate);
+    ops_.linear(*layer.up_proj, h, up);
+    ops_.silu_mul(gate, up, act);
+    ops_.linear(*layer.down_proj, act, proj);
+    ops_.add(x, proj);
+}
+
+}  // namespace q4tp::model

@@ -1,0 +1,82 @@
+//! LlamaModel: a Llama decoder (docs/formats.md §4.2) run through an Ops backend. Holds the weights in the
+//! backend's representation, one sequence's KV cache and a workspace planned once for max_batch_tokens
+//! tokens per pass, so forward() allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "core/base/model_config.h"
+#include "core/base/tensor_view.h"
+#include "core/model/kv_cache.h"
+#include "core/model/ops.h"
+
+namespace q4tp::loaders {
+class Checkpoint;
+}
+
+namespace q4tp::model {
+
+//! Runtime sizes (not hyperparameters): how long a context the cache holds and how many tokens one
+//! forward pass processes (longer prompts are split into chunks of this size).
+struct RuntimeConfig {
+    std::int64_t max_context = 2048;
+    std::int64_t max_batch_tokens = 512;
+};
+
+enum class LogitsMode { LastOnly, All };
+
+//! Called during forward() with each stage's hidden state [m][H] in backend memory: stage -1 is the
+//! embedding output, 0..L-1 the output of each decoder layer, L the final RMSNorm output.
+using HiddenObserver = std::function<void(std::int64_t stage, TensorView hidden)>;
+
+class LlamaModel {
+public:
+    //! Loads and validates every weight of the checkpoint against the config (shapes, dtypes, GPTQ
+    //! geometry), uploading each through the backend; plans the cache and workspace.
+    LlamaModel(const ModelConfig& config, const QuantConfig& quant, const loaders::Checkpoint& checkpoint, Ops& ops,
+               const RuntimeConfig& runtime);
+    ~LlamaModel();
+    LlamaModel(const LlamaModel&) = delete;
+    LlamaModel& operator=(const LlamaModel&) = delete;
+
+    //! Runs tokens at absolute positions past_len .. past_len + size - 1 through the model, appending to
+    //! the KV cache. Writes logits into `logits`: [V] for the last token (LastOnly) or [size][V] (All).
+    void forward(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
+                 std::vector<float>& logits, const HiddenObserver* observer = nullptr);
+
+    const ModelConfig& config() const noexcept { return config_; }
+    std::int64_t context_capacity() const noexcept { return cache_.capacity(); }
+    std::size_t weight_bytes() const noexcept { return weight_bytes_; }
+    std::size_t kv_cache_bytes() const noexcept { return cache_.bytes(); }
+    Ops& ops() noexcept { return ops_; }
+
+private:
+    struct Layer;
+    struct Workspace;
+
+    void load_weights(const loaders::Checkpoint& checkpoint, const QuantConfig& quant);
+    void forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
+                       float* logits_out, const HiddenObserver* observer);
+    void decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len);
+    const RopeFrequencies& rope_for(std::int64_t seq_len);
+
+    ModelConfig config_;
+    Ops& ops_;
+    RuntimeConfig runtime_;
+    TensorView embed_tokens_;   //!< [V][H]
+    TensorView final_norm_;     //!< [H]
+    TensorView lm_head_;        //!< [V][H]; the embedding table when tied
+    std::vector<Layer> layers_;
+    KvCache cache_;
+    std::unique_ptr<Workspace> ws_;
+    RopeFrequencies rope_;
+    std::int64_t rope_seq_len_ = -1;  //!< sequence length rope_ was computed for (dynamic NTK only)
+    std::size_t weight_bytes_ = 0;
+};
+
+}  // namespace q4tp::model

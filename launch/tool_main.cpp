@@ -1,0 +1,34 @@
+#include "launch/tool_main.h"
+
+#include <cstdio>
+#include <exception>
+#include <new>
+
+#include "core/base/error.h"
+#include "core/base/logging.h"
+#include "launch/cli.h"
+
+namespace q4tp::launch {
+
+int run_tool(const char* tool, int argc, char** argv, const std::function<int(int, char**)>& body) {
+    try {
+        return body(argc, argv);
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "%s: %s\n", tool, e.what());
+        return 2;
+    } catch (const Error& e) {
+        // The message names the file, tensor or value at fault; the source location is for bug reports
+        // and shows with --log-level debug.
+        std::fprintf(stderr, "%s: error: %s\n", tool, e.message().c_str());
+        Q4TP_LOG_DEBUG("raised at " << e.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "%s: error: out of host memory\n", tool);
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s: error: %s\n", tool, e.what());
+        return 1;
+    }
+}
+
+}  // namespace q4tp::launch
