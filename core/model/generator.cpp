@@ -41,6 +41,9 @@ GenerationResult generate(LlamaModel& model, const loaders::Tokenizer& tokenizer
     result.prompt_tokens = prompt_len;
     Sampler sampler(config.sampling);
     loaders::StreamingDecoder decoder(tokenizer);
+    // The decoder sees the prompt first (its text is not emitted) so that the continuation decodes as a
+    // continuation: sentencepiece strips the leading space only from the first piece of a text.
+    for (const std::int32_t id : prompt_ids) (void)decoder.push(id);
     StopStringMatcher matcher(config.stop_strings);
     std::vector<std::int32_t> history(prompt_ids.begin(), prompt_ids.end());
     std::vector<float> logits;

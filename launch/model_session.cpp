@@ -1,0 +1,62 @@
+#include "launch/model_session.h"
+
+#include <algorithm>
+
+#include "core/base/error.h"
+#include "core/base/logging.h"
+#include "core/model/cpu_ops.h"
+#include "launch/cli.h"
+#include "loaders/config_json.h"
+#include "loaders/quant_config.h"
+
+namespace q4tp::launch {
+
+DeviceChoice parse_device(const std::string& text) {
+    if (text == "auto") return DeviceChoice::Auto;
+    if (text == "cpu") return DeviceChoice::Cpu;
+    if (text == "cuda") return DeviceChoice::Cuda;
+    throw UsageError("--device must be auto, cpu or cuda, got '" + text + "'");
+}
+
+namespace {
+
+std::unique_ptr<model::Ops> make_backend(DeviceChoice choice) {
+    switch (choice) {
+        case DeviceChoice::Cuda:
+            Q4TP_THROW("--device cuda: the CUDA backend is not part of this build yet; use --device cpu");
+        case DeviceChoice::Auto:
+        case DeviceChoice::Cpu: return std::make_unique<model::CpuOps>();
+    }
+    Q4TP_THROW("unknown device choice");
+}
+
+}  // namespace
+
+ModelSession::ModelSession(const SessionOptions& options) {
+    const std::filesystem::path& dir = options.model_dir;
+    Q4TP_CHECK(std::filesystem::is_directory(dir), "model directory '" << dir.string() << "' does not exist");
+    config_ = loaders::load_model_config(dir / "config.json");
+    quant_ = loaders::load_quant_config(dir);
+    const std::filesystem::path tokenizer_path = dir / "tokenizer.model";
+    Q4TP_CHECK(std::filesystem::exists(tokenizer_path),
+               tokenizer_path.string() << " is missing: q4tp needs the sentencepiece tokenizer.model");
+    tokenizer_ = std::make_unique<loaders::Tokenizer>(loaders::Tokenizer::load(tokenizer_path));
+    Q4TP_CHECK(tokenizer_->vocab_size() <= config_.vocab_size,
+               tokenizer_path.string() << " has " << tokenizer_->vocab_size() << " pieces but config.json's vocab_size is "
+                                       << config_.vocab_size);
+    const loaders::Checkpoint checkpoint = loaders::Checkpoint::open(dir, quant_.model_file_base_name);
+
+    model::RuntimeConfig runtime;
+    runtime.max_context =
+        options.context > 0 ? options.context : std::min<std::int64_t>(config_.max_position_embeddings, 4096);
+    runtime.max_batch_tokens = options.batch_tokens;
+    Q4TP_CHECK(runtime.max_batch_tokens > 0, "--batch-tokens must be positive, got " << runtime.max_batch_tokens);
+    ops_ = make_backend(options.device);
+    Q4TP_LOG_INFO("loading " << dir.string() << " (" << checkpoint.source() << ") on " << ops_->name()
+                             << ", context " << runtime.max_context << " tokens");
+    model_ = std::make_unique<model::LlamaModel>(config_, quant_, checkpoint, *ops_, runtime);
+}
+
+ModelSession::~ModelSession() = default;
+
+}  // namespace q4tp::launch

@@ -1,0 +1,48 @@
+//! Everything a tool needs to run a model directory: configs, checkpoint, tokenizer, a backend and the
+//! loaded LlamaModel, assembled in one place so every tool validates and reports the same way.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "core/base/model_config.h"
+#include "core/model/llama_model.h"
+#include "core/model/ops.h"
+#include "loaders/checkpoint.h"
+#include "loaders/tokenizer.h"
+
+namespace q4tp::launch {
+
+enum class DeviceChoice { Auto, Cpu, Cuda };
+//! Parses "auto", "cpu" or "cuda" (the --device option); throws UsageError otherwise.
+DeviceChoice parse_device(const std::string& text);
+
+struct SessionOptions {
+    std::filesystem::path model_dir;
+    DeviceChoice device = DeviceChoice::Auto;
+    std::int64_t context = 0;       //!< 0 = min(max_position_embeddings, 4096)
+    std::int64_t batch_tokens = 512;
+};
+
+class ModelSession {
+public:
+    explicit ModelSession(const SessionOptions& options);
+    ~ModelSession();
+
+    const ModelConfig& config() const { return config_; }
+    const QuantConfig& quant() const { return quant_; }
+    const loaders::Tokenizer& tokenizer() const { return *tokenizer_; }
+    model::LlamaModel& model() { return *model_; }
+    model::Ops& ops() { return *ops_; }
+
+private:
+    ModelConfig config_;
+    QuantConfig quant_;
+    std::unique_ptr<loaders::Tokenizer> tokenizer_;
+    std::unique_ptr<model::Ops> ops_;
+    std::unique_ptr<model::LlamaModel> model_;
+};
+
+}  // namespace q4tp::launch
