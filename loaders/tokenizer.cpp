@@ -35,8 +35,8 @@ struct Tokenizer::Impl {
     std::string decode_checked(const std::vector<int>& ids) const {
         std::string text;
         const auto status = processor.Decode(ids, &text);
-        Q4TP_CHECK(status.ok(), path.string() << ": sentencepiece decode of " << ids.size()
-                                              << " ids failed: " << status.ToString());
+        Q4TP_CHECK(status.ok(),
+                   path.string() << ": sentencepiece decode of " << ids.size() << " ids failed: " << status.ToString());
         return text;
     }
 };
@@ -54,12 +54,14 @@ std::int16_t parse_byte_piece(const std::filesystem::path& path, std::int32_t id
     const bool shaped = piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>';
     const int hi = shaped ? hex_digit(piece[3]) : -1;
     const int lo = shaped ? hex_digit(piece[4]) : -1;
-    Q4TP_CHECK(hi >= 0 && lo >= 0, path.string() << ": BYTE piece " << id << " is '" << piece
-                                                 << "', expected the form '<0xHH>'");
+    Q4TP_CHECK(hi >= 0 && lo >= 0, path.string()
+                                       << ": BYTE piece " << id << " is '" << piece << "', expected the form '<0xHH>'");
     return static_cast<std::int16_t>(hi * 16 + lo);
 }
 
-std::vector<int> to_int_ids(std::span<const std::int32_t> ids) { return std::vector<int>(ids.begin(), ids.end()); }
+std::vector<int> to_int_ids(std::span<const std::int32_t> ids) {
+    return std::vector<int>(ids.begin(), ids.end());
+}
 
 }  // namespace
 
@@ -91,8 +93,8 @@ Tokenizer Tokenizer::load(const std::filesystem::path& model_file) {
                                         << "-piece vocabulary; a Llama tokenizer needs a BOS piece");
     Q4TP_CHECK(in_range(t.eos_id), name << ": eos_id " << t.eos_id << " is not a piece of the " << t.vocab_size
                                         << "-piece vocabulary; a Llama tokenizer needs an EOS piece");
-    Q4TP_CHECK(in_range(t.unk_id), name << ": unk_id " << t.unk_id << " is not a piece of the " << t.vocab_size
-                                        << "-piece vocabulary");
+    Q4TP_CHECK(in_range(t.unk_id),
+               name << ": unk_id " << t.unk_id << " is not a piece of the " << t.vocab_size << "-piece vocabulary");
 
     t.byte_of_id.assign(static_cast<std::size_t>(t.vocab_size), -1);
     t.control.assign(static_cast<std::size_t>(t.vocab_size), false);
@@ -151,11 +153,21 @@ std::string Tokenizer::decode_continuation(std::span<const std::int32_t> ids) co
     return text.substr(impl_->context_text.size());
 }
 
-std::int32_t Tokenizer::vocab_size() const noexcept { return impl_->vocab_size; }
-std::int32_t Tokenizer::bos_id() const noexcept { return impl_->bos_id; }
-std::int32_t Tokenizer::eos_id() const noexcept { return impl_->eos_id; }
-std::int32_t Tokenizer::unk_id() const noexcept { return impl_->unk_id; }
-const std::filesystem::path& Tokenizer::path() const noexcept { return impl_->path; }
+std::int32_t Tokenizer::vocab_size() const noexcept {
+    return impl_->vocab_size;
+}
+std::int32_t Tokenizer::bos_id() const noexcept {
+    return impl_->bos_id;
+}
+std::int32_t Tokenizer::eos_id() const noexcept {
+    return impl_->eos_id;
+}
+std::int32_t Tokenizer::unk_id() const noexcept {
+    return impl_->unk_id;
+}
+const std::filesystem::path& Tokenizer::path() const noexcept {
+    return impl_->path;
+}
 
 std::string Tokenizer::piece(std::int32_t id) const {
     check_id(id);
@@ -167,7 +179,9 @@ bool Tokenizer::is_control(std::int32_t id) const {
     return impl_->control[static_cast<std::size_t>(id)];
 }
 
-bool Tokenizer::is_byte(std::int32_t id) const { return byte_value(id).has_value(); }
+bool Tokenizer::is_byte(std::int32_t id) const {
+    return byte_value(id).has_value();
+}
 
 std::optional<std::uint8_t> Tokenizer::byte_value(std::int32_t id) const {
     check_id(id);
@@ -177,8 +191,8 @@ std::optional<std::uint8_t> Tokenizer::byte_value(std::int32_t id) const {
 }
 
 void Tokenizer::check_id(std::int32_t id) const {
-    Q4TP_CHECK(id >= 0 && id < impl_->vocab_size, impl_->path.string() << ": token id " << id << " is out of range [0, "
-                                                                       << impl_->vocab_size << ")");
+    Q4TP_CHECK(id >= 0 && id < impl_->vocab_size,
+               impl_->path.string() << ": token id " << id << " is out of range [0, " << impl_->vocab_size << ")");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -197,11 +211,15 @@ std::size_t utf8_claimed_length(std::uint8_t lead) {
     return 1;
 }
 
-bool is_utf8_continuation(std::uint8_t byte) { return (byte & 0xC0) == 0x80; }
+bool is_utf8_continuation(std::uint8_t byte) {
+    return (byte & 0xC0) == 0x80;
+}
 
 }  // namespace
 
-StreamingDecoder::StreamingDecoder(const Tokenizer& tokenizer) : tokenizer_(&tokenizer) { pending_.reserve(4); }
+StreamingDecoder::StreamingDecoder(const Tokenizer& tokenizer) : tokenizer_(&tokenizer) {
+    pending_.reserve(4);
+}
 
 std::size_t StreamingDecoder::incomplete_tail() const {
     // Only a lead byte followed by fewer continuation bytes than it claims can still change how the bytes
@@ -231,9 +249,8 @@ std::string StreamingDecoder::push(std::int32_t id) {
     if (ready == 0) return {};
     const std::span<const std::int32_t> ready_ids(pending_.data(), ready);
     std::string text = decode_pending(ready_ids);
-    only_control_so_far_ = only_control_so_far_ && std::all_of(ready_ids.begin(), ready_ids.end(), [&](auto x) {
-                               return tokenizer_->is_control(x);
-                           });
+    only_control_so_far_ = only_control_so_far_ && std::all_of(ready_ids.begin(), ready_ids.end(),
+                                                               [&](auto x) { return tokenizer_->is_control(x); });
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(ready));
     return text;
 }

@@ -12,9 +12,9 @@
 
 namespace q4tp::loaders {
 
-//! A loaded sentencepiece model. Move-only; const methods may be called from several threads at once.
+//! A loaded sentencepiece model. Move-only; a moved-from Tokenizer may only be destroyed or assigned to.
 class Tokenizer {
-public:
+   public:
     //! Loads a tokenizer.model file; a missing or unparsable file throws q4tp::Error naming it.
     static Tokenizer load(const std::filesystem::path& model_file);
 
@@ -48,7 +48,7 @@ public:
     void check_id(std::int32_t id) const;
     const std::filesystem::path& path() const noexcept;
 
-private:
+   private:
     struct Impl;
     explicit Tokenizer(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
@@ -65,7 +65,7 @@ private:
 //! leading "▁"), which is kept as a flag. Each push() therefore decodes at most 4 ids: O(1) per id.
 //! The tokenizer must outlive the decoder and must not be moved from while it is in use.
 class StreamingDecoder {
-public:
+   public:
     explicit StreamingDecoder(const Tokenizer& tokenizer);
 
     //! Adds one id and returns the text it completes (often "", e.g. for BOS or the first bytes of an emoji).
@@ -77,7 +77,7 @@ public:
     //! Drops held-back bytes without emitting them and starts a new sequence.
     void reset() noexcept;
 
-private:
+   private:
     //! Number of trailing ids in pending_ that form an incomplete UTF-8 character and must wait for more bytes.
     std::size_t incomplete_tail() const;
     std::string decode_pending(std::span<const std::int32_t> ids) const;

@@ -315,10 +315,18 @@ std::vector<std::int32_t> random_sequence(std::mt19937& rng) {
                 break;
             }
             case 2:
-            case 3: ids.push_back(any_byte(rng) + 3); break;
-            case 4: ids.push_back(29871); break;  // "▁"
-            case 5: ids.push_back(control(rng)); break;
-            default: ids.push_back(normal(rng)); break;
+            case 3:
+                ids.push_back(any_byte(rng) + 3);
+                break;
+            case 4:
+                ids.push_back(29871);
+                break;  // "▁"
+            case 5:
+                ids.push_back(control(rng));
+                break;
+            default:
+                ids.push_back(normal(rng));
+                break;
         }
     }
     return ids;
