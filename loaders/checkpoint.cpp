@@ -95,11 +95,18 @@ Checkpoint Checkpoint::open(const fs::path& dir, const std::string& model_file_b
     if (!model_file_base_name.empty()) bases.push_back(model_file_base_name);
     if (model_file_base_name != "model") bases.emplace_back("model");
     std::vector<std::string> looked_for;
+    const auto warn_fallback = [&](const std::string& used) {
+        if (model_file_base_name.empty()) return;
+        Q4TP_LOG_WARN(where << ": no " << model_file_base_name << kShardSuffix << "[.index.json]; using " << used
+                            << " instead");
+    };
     for (const std::string& base : bases) {
         const fs::path index = dir / (base + std::string(kIndexSuffix));
         const fs::path single = dir / (base + std::string(kShardSuffix));
-        if (is_file(index)) return from_index(dir, index);
-        if (is_file(single)) return from_files(dir, single.filename().string(), {single});
+        if (is_file(index) || is_file(single)) {
+            if (base != model_file_base_name) warn_fallback(base + std::string(kShardSuffix));
+            return is_file(index) ? from_index(dir, index) : from_files(dir, single.filename().string(), {single});
+        }
         looked_for.push_back(index.filename().string());
         looked_for.push_back(single.filename().string());
     }
@@ -107,29 +114,32 @@ Checkpoint Checkpoint::open(const fs::path& dir, const std::string& model_file_b
     // No conventional name: the one index of the directory, else every shard (exllamav2-style glob).
     std::vector<fs::path> indexes;
     std::vector<fs::path> shards;
-    for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
-        const std::string name = entry.path().filename().string();
-        if (!is_file(entry.path())) continue;
-        if (ends_with(name, kIndexSuffix)) indexes.push_back(entry.path());
-        if (ends_with(name, kShardSuffix)) shards.push_back(entry.path());
+    try {
+        for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
+            const std::string name = entry.path().filename().string();
+            if (!is_file(entry.path())) continue;
+            if (ends_with(name, kIndexSuffix)) indexes.push_back(entry.path());
+            if (ends_with(name, kShardSuffix)) shards.push_back(entry.path());
+        }
+    } catch (const fs::filesystem_error& e) {
+        Q4TP_THROW(where << ": cannot list the checkpoint directory: " << e.code().message());
     }
-    Q4TP_CHECK(!ec, where << ": cannot list the checkpoint directory: " << ec.message());
     std::sort(indexes.begin(), indexes.end());
     std::sort(shards.begin(), shards.end());
     if (indexes.size() > 1) {
         std::ostringstream names;
-        for (const fs::path& index : indexes)
+        for (const fs::path& index : indexes) {
             names << (&index == &indexes.front() ? "" : ", ") << index.filename().string();
+        }
         Q4TP_THROW(where << ": " << indexes.size() << " checkpoint indexes (" << names.str()
                          << "); pass the model file base name to pick one");
     }
-    if (!model_file_base_name.empty() && (!indexes.empty() || !shards.empty())) {
-        Q4TP_LOG_WARN(where << ": no " << model_file_base_name << kShardSuffix << "[.index.json]; using "
-                            << (indexes.empty() ? "all *.safetensors files" : indexes.front().filename().string())
-                            << " instead");
+    if (indexes.size() == 1) {
+        warn_fallback(indexes.front().filename().string());
+        return from_index(dir, indexes.front());
     }
-    if (indexes.size() == 1) return from_index(dir, indexes.front());
     if (!shards.empty()) {
+        warn_fallback("all *.safetensors files");
         return from_files(dir, "*.safetensors (" + std::to_string(shards.size()) + " files)", shards);
     }
     std::ostringstream looked;

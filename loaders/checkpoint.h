@@ -27,7 +27,7 @@ struct TensorRef {
 };
 
 class Checkpoint {
-   public:
+public:
     //! Tries <base>.safetensors.index.json, <base>.safetensors (base = the given name, then "model"),
     //! the directory's one *.safetensors.index.json, then all *.safetensors as shards.
     static Checkpoint open(const std::filesystem::path& dir, const std::string& model_file_base_name = "");
@@ -64,7 +64,7 @@ class Checkpoint {
         return ref.file->read<T>(*ref.info, dtype, shape);
     }
 
-   private:
+private:
     struct NameHash {
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }

@@ -116,7 +116,8 @@ std::size_t first_invalid_utf8(std::string_view text) {
 // drop a tensor, so the parse callback records the first repeated key of any object.
 struct DuplicateKey {
     std::string key;
-    std::string parent;  // key of the enclosing object ("" at top level)
+    std::string parent;  // key of the enclosing object
+    bool top_level = false;
 };
 
 Json parse_rejecting_duplicates(std::string_view text, std::optional<DuplicateKey>* duplicate) {
@@ -130,7 +131,7 @@ Json parse_rejecting_duplicates(std::string_view text, std::optional<DuplicateKe
         } else if (event == Json::parse_event_t::key) {
             last_key = parsed.get<std::string>();
             if (!open_objects.back().second.insert(last_key).second && !duplicate->has_value()) {
-                *duplicate = DuplicateKey{last_key, open_objects.back().first};
+                *duplicate = DuplicateKey{last_key, open_objects.back().first, open_objects.size() == 1};
             }
         }
         return true;
@@ -150,7 +151,7 @@ bool is_non_negative_integer(const Json& value) {
 
 // Closes a descriptor on every exit path of open().
 class FdGuard {
-   public:
+public:
     explicit FdGuard(int fd) : fd_(fd) {}
     ~FdGuard() {
         if (fd_ >= 0) ::close(fd_);
@@ -158,7 +159,7 @@ class FdGuard {
     FdGuard(const FdGuard&) = delete;
     FdGuard& operator=(const FdGuard&) = delete;
 
-   private:
+private:
     int fd_;
 };
 
@@ -358,7 +359,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
     }
     Q4TP_CHECK(root.is_object(), where << ": header is a JSON " << root.type_name() << ", expected an object");
     if (duplicate) {
-        if (duplicate->parent.empty()) {
+        if (duplicate->top_level) {
             Q4TP_THROW(where << ": tensor '" << duplicate->key << "' appears twice in the header (duplicate name)");
         }
         Q4TP_THROW(where << ": key '" << duplicate->key << "' appears twice in the entry of '" << duplicate->parent

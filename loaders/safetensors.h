@@ -45,7 +45,7 @@ struct TensorInfo {
 };
 
 class SafetensorsFile {
-   public:
+public:
     //! Maps and validates the file; throws q4tp::Error naming the file, the tensor and the broken rule.
     static SafetensorsFile open(const std::filesystem::path& path);
 
@@ -97,7 +97,7 @@ class SafetensorsFile {
         return out;
     }
 
-   private:
+private:
     //! Heterogeneous lookup so find(string_view) does not build a std::string.
     struct NameHash {
         using is_transparent = void;

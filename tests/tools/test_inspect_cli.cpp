@@ -56,8 +56,8 @@ struct Malformed {
 std::vector<Malformed> malformed_cases() {
     const std::string ok = R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
     return {
-        {"empty_file", "", "8 bytes"},
-        {"shorter_than_8_bytes", "abc", "8 bytes"},
+        {"empty_file", "", "header too small"},
+        {"shorter_than_8_bytes", "abc", "header too small"},
         {"header_length_over_cap", u64_le(200'000'000) + "{}", "100000000"},
         {"header_past_end_of_file", u64_le(1000) + "{}", "past the end"},
         {"header_not_utf8", safetensors_bytes("{\"\xff\xfe\":{}}", 0), "UTF-8"},

@@ -21,7 +21,7 @@ namespace q4tp::st_test {
 
 //! A fresh directory under ::testing::TempDir(), removed with everything in it on destruction.
 class ScopedTempDir {
-   public:
+public:
     ScopedTempDir() {
         static std::atomic<int> counter{0};
         const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
@@ -44,7 +44,7 @@ class ScopedTempDir {
     const std::filesystem::path& path() const { return path_; }
     std::filesystem::path operator/(std::string_view name) const { return path_ / name; }
 
-   private:
+private:
     std::filesystem::path path_;
 };
 

@@ -38,7 +38,7 @@ std::string expect_error(const std::function<void()>& fn, std::initializer_list<
     try {
         fn();
     } catch (const Error& e) {
-        const std::string message = e.message();
+        const std::string& message = e.message();
         for (std::string_view keyword : keywords) {
             EXPECT_NE(message.find(keyword), std::string::npos) << "'" << keyword << "' missing from: " << message;
         }
@@ -284,7 +284,7 @@ TEST(SafetensorsTest, MoveKeepsMappingAndLookupValid) {
 // Typed lookup
 
 class SafetensorsLookupTest : public ::testing::Test {
-   protected:
+protected:
     void SetUp() override {
         path_ = dir_ / "typed.safetensors";
         write_safetensors(
@@ -437,6 +437,7 @@ std::vector<float> values_for(const std::string& name) {
 
 void write_shard(const fs::path& path, const std::vector<std::string>& names) {
     std::vector<SafetensorsEntry> entries;
+    entries.reserve(names.size());
     for (const std::string& name : names) {
         entries.push_back(make_safetensors_entry<float>(name, DType::F32, {2, 3}, values_for(name)));
     }
@@ -525,6 +526,13 @@ TEST(CheckpointTest, Opens_NamedBaseBeforeModel) {
     expect_tensor(named, "q", "gptq_model-4bit-128g.safetensors");
     EXPECT_FALSE(named.find("m"));
     expect_tensor(Checkpoint::open(dir.path()), "m", "model.safetensors");
+
+    // A named base that is absent falls back to model.safetensors, with a warning.
+    ::testing::internal::CaptureStderr();
+    const Checkpoint fallback = Checkpoint::open(dir.path(), "gptq_model-4bit-32g");
+    const std::string log = ::testing::internal::GetCapturedStderr();
+    EXPECT_NE(log.find("no gptq_model-4bit-32g.safetensors"), std::string::npos) << log;
+    expect_tensor(fallback, "m", "model.safetensors");
 }
 
 TEST(CheckpointTest, Rejects_IndexNamingMissingShard) {
@@ -621,6 +629,33 @@ TEST(CheckpointTest, Rejects_InvalidShard_NamingIt) {
     write_file(dir / kShard2, safetensors_bytes(kSpecHeader, 15));
     write_index(dir / "model.safetensors.index.json", {{"a", kShard1}, {"test", kShard2}});
     expect_error([&] { Checkpoint::open(dir.path()); }, {kShard2, "'test'", "incomplete buffer"});
+}
+
+// The fixtures come from the Python safetensors library: real writer output must pass every check.
+TEST(CheckpointTest, Opens_PythonWrittenFixtures) {
+    const fs::path root = fs::path(Q4TP_TEST_DATA_DIR) / "fixtures";
+    if (!fs::is_directory(root)) GTEST_SKIP() << "no fixtures under " << root;
+    int opened = 0;
+    for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
+        if (!entry.is_directory()) continue;
+        SCOPED_TRACE(entry.path().string());
+        const Checkpoint ckpt = Checkpoint::open(entry.path());
+        ++opened;
+        EXPECT_GT(ckpt.tensor_count(), 0u);
+        for (const SafetensorsFile& file : ckpt.files()) {
+            EXPECT_EQ(file.data_offset() % 8, 0u) << file.path();
+            const auto format = file.metadata().find("format");
+            EXPECT_TRUE(format != file.metadata().end() && format->second == "pt") << file.path();
+        }
+        const TensorRef norm = ckpt.find("model.norm.weight");
+        ASSERT_TRUE(norm);
+        EXPECT_EQ(ckpt.checked("model.norm.weight", DType::F16, norm.info->shape).size(), norm.info->nbytes());
+        if (fs::exists(entry.path() / "model.safetensors.index.json")) {
+            EXPECT_EQ(ckpt.source(), "model.safetensors.index.json");
+            EXPECT_GT(ckpt.files().size(), 1u);
+        }
+    }
+    EXPECT_GT(opened, 0);
 }
 
 }  // namespace
