@@ -111,15 +111,17 @@ void CpuOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
     kernels::cpu::matmul(x.as<const float>(), w.w(), outer_rows(x), w.k(), w.n(), y.as<float>(), w.bias());
 }
 
-void CpuOps::rope(TensorView x, TensorView positions, const RopeFrequencies& freqs) {
-    expect_f32(x, "rope input");
-    kernels::cpu::apply_rope(x.as<float>(), positions.as<const std::int32_t>(), x.shape[0], x.shape[1], x.shape[2],
-                             freqs.inv_freq.as<const float>(), freqs.attention_scaling);
-}
-
-void CpuOps::append_kv(TensorView k, TensorView v, TensorView k_cache, TensorView v_cache, std::int64_t past_len) {
-    kernels::cpu::append_kv(k.as<const float>(), v.as<const float>(), k_cache.as<float>(), v_cache.as<float>(),
-                            k_cache.shape[1], past_len, k.shape[0], k.shape[1], k.shape[2]);
+void CpuOps::rope_and_cache(const CacheWrite& args) {
+    expect_f32(args.q, "rope q");
+    const auto* positions = args.positions.as<const std::int32_t>();
+    const float* inv_freq = args.freqs->inv_freq.as<const float>();
+    const float scaling = args.freqs->attention_scaling;
+    const std::int64_t m = args.q.shape[0];
+    kernels::cpu::apply_rope(args.q.as<float>(), positions, m, args.q.shape[1], args.q.shape[2], inv_freq, scaling);
+    kernels::cpu::apply_rope(args.k.as<float>(), positions, m, args.k.shape[1], args.k.shape[2], inv_freq, scaling);
+    kernels::cpu::append_kv(args.k.as<const float>(), args.v.as<const float>(), args.k_cache.as<float>(),
+                            args.v_cache.as<float>(), args.k_cache.shape[1], args.past_len, m, args.k.shape[1],
+                            args.k.shape[2]);
 }
 
 void CpuOps::attention(const AttentionArgs& args) {

@@ -27,8 +27,7 @@ public:
     void embedding(TensorView table, TensorView ids, TensorView out) override;
     void rms_norm(TensorView x, TensorView weight, float eps, TensorView out) override;
     void linear(const LinearWeights& weights, TensorView x, TensorView y) override;
-    void rope(TensorView x, TensorView positions, const RopeFrequencies& freqs) override;
-    void append_kv(TensorView k, TensorView v, TensorView k_cache, TensorView v_cache, std::int64_t past_len) override;
+    void rope_and_cache(const CacheWrite& args) override;
     void attention(const AttentionArgs& args) override;
     void silu_mul(TensorView gate, TensorView up, TensorView out) override;
     void add(TensorView x, TensorView y) override;

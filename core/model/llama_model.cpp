@@ -235,12 +235,10 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     ops_.linear(*layer.k_proj, h, k);
     ops_.linear(*layer.v_proj, h, v);
     TensorView q_heads = q.reshaped(Shape{m, nh, d});
-    TensorView k_heads = k.reshaped(Shape{m, nkv, d});
-    ops_.rope(q_heads, positions, rope_);
-    ops_.rope(k_heads, positions, rope_);
-    ops_.append_kv(k_heads, v.reshaped(Shape{m, nkv, d}), cache_.keys(index), cache_.values(index), past_len);
+    ops_.rope_and_cache(CacheWrite{q_heads, k.reshaped(Shape{m, nkv, d}), v.reshaped(Shape{m, nkv, d}), positions,
+                                   &rope_, cache_.keys(index), cache_.values(index), past_len});
     TensorView attn = ws.attn.rows(0, m);
-    ops_.attention(AttentionArgs{q_heads, cache_.keys(index), cache_.values(index), past_len,
+    ops_.attention(AttentionArgs{q_heads, cache_.keys(index), cache_.values(index), past_len, positions,
                                  attn.reshaped(Shape{m, nh, d})});
     ops_.linear(*layer.o_proj, attn, proj);
     ops_.add(x, proj);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 
@@ -34,12 +35,25 @@ struct RopeFrequencies {
     float attention_scaling = 1.0f;
 };
 
+//! Arguments of rope_and_cache(): this step's q, k, v and where k and v go.
+struct CacheWrite {
+    TensorView q;          //!< [m][num_heads][head_dim], rotated in place
+    TensorView k;          //!< [m][num_kv_heads][head_dim], rotated in place
+    TensorView v;          //!< [m][num_kv_heads][head_dim]
+    TensorView positions;  //!< I32 [m]: past_len, past_len + 1, ...
+    const RopeFrequencies* freqs = nullptr;
+    TensorView k_cache;    //!< [num_kv_heads][capacity][head_dim]
+    TensorView v_cache;
+    std::int64_t past_len = 0;
+};
+
 //! Arguments of one attention call over one layer's cache.
 struct AttentionArgs {
     TensorView q;          //!< [m][num_heads][head_dim], already rotated
     TensorView k_cache;    //!< [num_kv_heads][capacity][head_dim]
     TensorView v_cache;    //!< [num_kv_heads][capacity][head_dim]
     std::int64_t past_len = 0;  //!< tokens already in the cache before this call's m tokens
+    TensorView positions;       //!< I32 [m] in backend memory; positions[0] == past_len (for graph replays)
     TensorView out;        //!< [m][num_heads][head_dim]
 };
 
@@ -63,6 +77,13 @@ public:
     virtual std::unique_ptr<LinearWeights> make_linear(const loaders::GptqLinear& layer) = 0;
     //! Waits for queued work (no-op on the CPU).
     virtual void synchronize() = 0;
+    //! Runs `step` (a fixed sequence of ops over fixed buffers whose per-step values live in backend
+    //! memory). The CUDA backend captures it into a graph under `key` the first time and replays the graph
+    //! afterwards; the default just runs it.
+    virtual void run_step(int key, const std::function<void()>& step) {
+        (void)key;
+        step();
+    }
 
     // ---- forward ops ----
     //! out[t][:] = table[ids[t]][:]
@@ -71,11 +92,10 @@ public:
     virtual void rms_norm(TensorView x, TensorView weight, float eps, TensorView out) = 0;
     //! y = x . W (+ bias)
     virtual void linear(const LinearWeights& weights, TensorView x, TensorView y) = 0;
-    //! Rotates x [m][heads][head_dim] in place at the given positions (I32 [m]).
-    virtual void rope(TensorView x, TensorView positions, const RopeFrequencies& freqs) = 0;
-    //! Writes k, v [m][num_kv_heads][head_dim] into rows past_len.. of the caches.
-    virtual void append_kv(TensorView k, TensorView v, TensorView k_cache, TensorView v_cache,
-                           std::int64_t past_len) = 0;
+    //! Rotates q [m][num_heads][head_dim] and k [m][num_kv_heads][head_dim] in place at the given
+    //! positions (I32 [m], backend memory) and writes k and v into cache rows positions[0..m) (one fused
+    //! kernel on the GPU). past_len == positions[0], given for backends that index on the host.
+    virtual void rope_and_cache(const CacheWrite& args) = 0;
     //! Causal attention of m queries over past_len + m cached keys (GQA).
     virtual void attention(const AttentionArgs& args) = 0;
     //! out = silu(gate) * up
