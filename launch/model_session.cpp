@@ -54,7 +54,8 @@ ModelSession::ModelSession(const SessionOptions& options) {
     ops_ = make_backend(options.device);
     Q4TP_LOG_INFO("loading " << dir.string() << " (" << checkpoint.source() << ") on " << ops_->name()
                              << ", context " << runtime.max_context << " tokens");
-    model_ = std::make_unique<model::LlamaModel>(config_, quant_, checkpoint, *ops_, runtime);
+    model::CheckpointWeights weights(checkpoint, quant_);
+    model_ = std::make_unique<model::LlamaModel>(config_, weights, *ops_, runtime);
 }
 
 ModelSession::~ModelSession() = default;

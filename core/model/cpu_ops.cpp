@@ -1,6 +1,7 @@
 #include "core/model/cpu_ops.h"
 
 #include <cstring>
+#include <random>
 
 #include "core/base/error.h"
 #include "core/base/half.h"
@@ -11,6 +12,7 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/rms_norm.h"
 #include "kernels/cpu/rope.h"
+#include "core/model/synthetic.h"
 #include "loaders/gptq.h"
 
 namespace q4tp::model {
@@ -88,6 +90,18 @@ void CpuOps::download(TensorView src, std::span<float> dst) {
 
 std::unique_ptr<LinearWeights> CpuOps::make_linear(const loaders::GptqLinear& layer) {
     return std::make_unique<CpuLinear>(layer);
+}
+
+std::unique_ptr<LinearWeights> CpuOps::make_synthetic_linear(const SyntheticLinearSpec& spec) {
+    return make_linear(make_random_gptq_linear(spec));
+}
+
+void CpuOps::fill_random(TensorView dst, std::uint64_t seed, float center, float spread) {
+    expect_f32(dst, "fill_random destination");
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> dist(center - spread, center + spread);
+    float* out = dst.as<float>();
+    for (std::int64_t i = 0; i < dst.numel(); ++i) out[i] = dist(rng);
 }
 
 void CpuOps::embedding(TensorView table, TensorView ids, TensorView out) {

@@ -22,6 +22,8 @@ public:
     void upload_ids(std::span<const std::int32_t> ids, TensorView dst) override;
     void download(TensorView src, std::span<float> dst) override;
     std::unique_ptr<LinearWeights> make_linear(const loaders::GptqLinear& layer) override;
+    std::unique_ptr<LinearWeights> make_synthetic_linear(const SyntheticLinearSpec& spec) override;
+    void fill_random(TensorView dst, std::uint64_t seed, float center, float spread) override;
     void synchronize() override {}
 
     void embedding(TensorView table, TensorView ids, TensorView out) override;

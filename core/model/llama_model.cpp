@@ -6,8 +6,6 @@
 #include "core/base/error.h"
 #include "core/base/logging.h"
 #include "kernels/cpu/rope.h"
-#include "loaders/checkpoint.h"
-#include "loaders/gptq.h"
 
 namespace q4tp::model {
 
@@ -55,15 +53,14 @@ void validate_config(const ModelConfig& c) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, const loaders::Checkpoint& checkpoint,
-                       Ops& ops, const RuntimeConfig& runtime)
+LlamaModel::LlamaModel(const ModelConfig& config, WeightSource& weights, Ops& ops, const RuntimeConfig& runtime)
     : config_(config),
       ops_(ops),
       runtime_(runtime),
       cache_(ops, config.num_hidden_layers, config.num_key_value_heads, config.head_dim, runtime.max_context) {
     validate_config(config_);
     Q4TP_CHECK(runtime.max_batch_tokens > 0, "max_batch_tokens must be positive");
-    load_weights(checkpoint, quant);
+    load_weights(weights);
 
     const std::int64_t m = runtime_.max_batch_tokens;
     const DType act = ops_.activation_dtype();
@@ -87,29 +84,18 @@ LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, cons
 
 LlamaModel::~LlamaModel() = default;
 
-void LlamaModel::load_weights(const loaders::Checkpoint& checkpoint, const QuantConfig& quant) {
+void LlamaModel::load_weights(WeightSource& weights) {
     const auto started = std::chrono::steady_clock::now();
     const std::int64_t hidden = config_.hidden_size;
-    const DType act = ops_.activation_dtype();
-
-    // Non-quantized tensors are F16 in GPTQ checkpoints (formats.md §2.1); the backend converts.
     auto load_dense = [&](const std::string& name, const Shape& shape) {
-        const std::vector<std::int64_t> dims = [&] {
-            std::vector<std::int64_t> d;
-            for (int i = 0; i < shape.rank(); ++i) d.push_back(shape[i]);
-            return d;
-        }();
-        HostBuffer<std::uint16_t> host = checkpoint.read<std::uint16_t>(name, DType::F16, dims);
-        TensorView view = ops_.allocate(act, shape);
-        ops_.upload(host.data(), DType::F16, view);
+        TensorView view = weights.dense(name, shape, ops_);
         weight_bytes_ += view.bytes();
         return view;
     };
     auto load_linear = [&](const std::string& name, std::int64_t k, std::int64_t n) {
-        loaders::GptqLinear layer = loaders::load_gptq_linear(checkpoint, name, k, n, quant);
-        auto weights = ops_.make_linear(layer);
-        weight_bytes_ += weights->bytes();
-        return weights;
+        auto linear = weights.linear(name, k, n, ops_);
+        weight_bytes_ += linear->bytes();
+        return linear;
     };
 
     embed_tokens_ = load_dense("model.embed_tokens.weight", Shape{config_.vocab_size, hidden});
@@ -140,7 +126,7 @@ void LlamaModel::load_weights(const loaders::Checkpoint& checkpoint, const Quant
     if (config_.tie_word_embeddings) {
         lm_head_ = embed_tokens_;
     } else {
-        Q4TP_CHECK(static_cast<bool>(checkpoint.find("lm_head.weight")),
+        Q4TP_CHECK(weights.has("lm_head.weight"),
                    "lm_head.weight is missing from the checkpoint and config.json does not set tie_word_embeddings");
         lm_head_ = load_dense("lm_head.weight", Shape{config_.vocab_size, hidden});
     }

@@ -14,10 +14,7 @@
 #include "core/base/tensor_view.h"
 #include "core/model/kv_cache.h"
 #include "core/model/ops.h"
-
-namespace q4tp::loaders {
-class Checkpoint;
-}
+#include "core/model/weight_source.h"
 
 namespace q4tp::model {
 
@@ -36,10 +33,9 @@ using HiddenObserver = std::function<void(std::int64_t stage, TensorView hidden)
 
 class LlamaModel {
 public:
-    //! Loads and validates every weight of the checkpoint against the config (shapes, dtypes, GPTQ
-    //! geometry), uploading each through the backend; plans the cache and workspace.
-    LlamaModel(const ModelConfig& config, const QuantConfig& quant, const loaders::Checkpoint& checkpoint, Ops& ops,
-               const RuntimeConfig& runtime);
+    //! Loads and validates every weight against the config (shapes, dtypes, GPTQ geometry), placing each
+    //! in backend memory; plans the cache and workspace.
+    LlamaModel(const ModelConfig& config, WeightSource& weights, Ops& ops, const RuntimeConfig& runtime);
     ~LlamaModel();
     LlamaModel(const LlamaModel&) = delete;
     LlamaModel& operator=(const LlamaModel&) = delete;
@@ -59,7 +55,7 @@ private:
     struct Layer;
     struct Workspace;
 
-    void load_weights(const loaders::Checkpoint& checkpoint, const QuantConfig& quant);
+    void load_weights(WeightSource& weights);
     void forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
                        float* logits_out, const HiddenObserver* observer);
     void decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len);

@@ -47,7 +47,8 @@ struct CpuFixture {
         model::RuntimeConfig runtime;
         runtime.max_context = context;
         runtime.max_batch_tokens = max_batch_tokens;
-        model = std::make_unique<model::LlamaModel>(config, quant, checkpoint, ops, runtime);
+        model::CheckpointWeights weights(checkpoint, quant);
+        model = std::make_unique<model::LlamaModel>(config, weights, ops, runtime);
     }
 };
 

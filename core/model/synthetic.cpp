@@ -1,0 +1,45 @@
+#include "core/model/synthetic.h"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+#include "core/base/half.h"
+
+namespace q4tp::model {
+
+loaders::GptqLinear make_random_gptq_linear(const SyntheticLinearSpec& spec) {
+    std::mt19937_64 rng(spec.seed);
+    loaders::GptqLinear layer;
+    layer.name = "synthetic";
+    layer.k = spec.k;
+    layer.n = spec.n;
+    layer.group_size = spec.group_size;
+    layer.zero_format = ZeroFormat::GptqV1;
+    const std::int64_t gs = loaders::effective_group_size(spec.k, spec.group_size);
+    const std::int64_t groups = loaders::num_groups_for(spec.k, gs);
+
+    std::vector<std::uint8_t> codes(static_cast<std::size_t>(spec.k * spec.n));
+    std::uniform_int_distribution<int> code(0, 15);
+    for (auto& c : codes) c = static_cast<std::uint8_t>(code(rng));
+    layer.qweight = loaders::pack_qweight(codes, spec.k, spec.n);
+    const std::vector<std::uint8_t> zeros(static_cast<std::size_t>(groups * spec.n), 8);
+    layer.qzeros = loaders::pack_qzeros(zeros, groups, spec.n, ZeroFormat::GptqV1);
+    layer.scales = HostBuffer<std::uint16_t>(static_cast<std::size_t>(groups * spec.n));
+    std::uniform_real_distribution<float> jitter(0.75f, 1.25f);
+    for (auto& s : layer.scales) s = float_to_half(spec.scale * jitter(rng));
+
+    layer.g_idx = loaders::sequential_g_idx(spec.k, gs);
+    if (spec.act_order) {
+        std::vector<std::int32_t> perm(static_cast<std::size_t>(spec.k));
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), rng);
+        for (std::int64_t j = 0; j < spec.k; ++j) {
+            layer.g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / gs);
+        }
+    }
+    loaders::validate_gptq_linear(layer);
+    return layer;
+}
+
+}  // namespace q4tp::model
