@@ -79,6 +79,8 @@ LlamaModel::LlamaModel(const ModelConfig& config, WeightSource& weights, Ops& op
     ws_->act = ops_.allocate(act, Shape{m, config_.intermediate_size});
     ws_->logits = ops_.allocate(DType::F32, Shape{m, config_.vocab_size});
     ws_->host_positions.resize(static_cast<std::size_t>(m));
+    ops_.plan_attention(AttentionPlan{m, config_.num_attention_heads, config_.num_key_value_heads, config_.head_dim,
+                                      cache_.capacity()});
     rope_for(0);
 }
 
@@ -159,6 +161,11 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t past
                "sequence of " << past_len + total << " tokens exceeds the context of " << cache_.capacity()
                               << " tokens");
     const auto vocab = static_cast<std::size_t>(config_.vocab_size);
+    for (const std::int32_t id : tokens) {
+        // Checked here because the GPU embedding gather cannot report a bad id.
+        Q4TP_CHECK(id >= 0 && id < config_.vocab_size, "token id " << id << " is outside the vocabulary of "
+                                                                   << config_.vocab_size);
+    }
     logits.resize(mode == LogitsMode::All ? vocab * tokens.size() : vocab);
     for (std::int64_t begin = 0; begin < total; begin += runtime_.max_batch_tokens) {
         const std::int64_t m = std::min(runtime_.max_batch_tokens, total - begin);
@@ -182,23 +189,33 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
                     ws.positions.rows(0, m));
     rope_for(past_len + m);
 
-    TensorView x = ws.x.rows(0, m);
-    ops_.embedding(embed_tokens_, ws.ids.rows(0, m), x);
-    if (observer) (*observer)(-1, x);
-    for (std::size_t i = 0; i < layers_.size(); ++i) {
-        decoder_layer(layers_[i], static_cast<std::int64_t>(i), m, past_len);
-        if (observer) (*observer)(static_cast<std::int64_t>(i), x);
-    }
-    TensorView normed = ws.h.rows(0, m);
-    ops_.rms_norm(x, final_norm_, static_cast<float>(config_.rms_norm_eps), normed);
-    if (observer) (*observer)(config_.num_hidden_layers, normed);
-    if (!logits_out) return;
-    // Only the last position's logits are needed to continue a sequence; computing all of them is for
-    // evaluation (perplexity, golden comparisons).
     const std::int64_t rows = mode == LogitsMode::All ? m : 1;
+    TensorView x = ws.x.rows(0, m);
+    TensorView normed = ws.h.rows(0, m);
     TensorView logits = ws.logits.rows(0, rows);
-    ops_.lm_head(normed.rows(m - rows, rows), lm_head_, logits);
-    ops_.download(logits, std::span<float>(logits_out, static_cast<std::size_t>(rows * config_.vocab_size)));
+    // The step itself: a fixed sequence of ops over fixed buffers. Only the last position's logits are
+    // needed to continue a sequence; all of them are for evaluation (perplexity, golden comparisons).
+    auto step = [&] {
+        ops_.embedding(embed_tokens_, ws.ids.rows(0, m), x);
+        if (observer) (*observer)(-1, x);
+        for (std::size_t i = 0; i < layers_.size(); ++i) {
+            decoder_layer(layers_[i], static_cast<std::int64_t>(i), m, past_len);
+            if (observer) (*observer)(static_cast<std::int64_t>(i), x);
+        }
+        ops_.rms_norm(x, final_norm_, static_cast<float>(config_.rms_norm_eps), normed);
+        if (observer) (*observer)(config_.num_hidden_layers, normed);
+        if (logits_out) ops_.lm_head(normed.rows(m - rows, rows), lm_head_, logits);
+    };
+    // Single-token decode steps are replayed from a graph on backends that have them; token id and
+    // position were uploaded into device memory above, so the captured step reads each step's values.
+    if (m == 1 && logits_out && !observer) {
+        ops_.run_step(1, step);
+    } else {
+        step();
+    }
+    if (logits_out) {
+        ops_.download(logits, std::span<float>(logits_out, static_cast<std::size_t>(rows * config_.vocab_size)));
+    }
 }
 
 void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len) {

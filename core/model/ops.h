@@ -66,6 +66,13 @@ struct SyntheticLinearSpec {
     std::uint64_t seed = 0;
 };
 
+//! The largest attention calls a model will make, so the backend can size its scratch at plan time.
+struct AttentionPlan {
+    std::int64_t max_m = 0;  //!< rows per forward pass
+    std::int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
+    std::int64_t capacity = 0;  //!< KV cache rows
+};
+
 class Ops {
 public:
     virtual ~Ops() = default;
@@ -88,6 +95,8 @@ public:
     virtual std::unique_ptr<LinearWeights> make_synthetic_linear(const SyntheticLinearSpec& spec) = 0;
     //! Fills dst with deterministic pseudo-random values uniform in [center - spread, center + spread].
     virtual void fill_random(TensorView dst, std::uint64_t seed, float center, float spread) = 0;
+    //! Called once by the model after it is planned (default: nothing to size).
+    virtual void plan_attention(const AttentionPlan& plan) { (void)plan; }
     //! Waits for queued work (no-op on the CPU).
     virtual void synchronize() = 0;
     //! Runs `step` (a fixed sequence of ops over fixed buffers whose per-step values live in backend

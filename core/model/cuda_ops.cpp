@@ -1,0 +1,365 @@
+#include "core/model/cuda_ops.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "core/base/cuda_check.h"
+#include "core/base/error.h"
+#include "core/base/half.h"
+#include "core/base/logging.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/device_info.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/gptq_gemv.h"
+#include "kernels/cuda/gptq_prepare.h"
+#include "kernels/cuda/lm_head.h"
+#include "kernels/cuda/random_fill.h"
+#include "kernels/cuda/rms_norm.h"
+#include "kernels/cuda/rope.h"
+#include "loaders/gptq.h"
+
+namespace q4tp::model {
+namespace {
+
+namespace kc = kernels::cuda;
+
+__half* half_ptr(const TensorView& t) { return static_cast<__half*>(t.data); }
+std::int64_t last_dim(const TensorView& t) { return t.shape[t.shape.rank() - 1]; }
+std::int64_t outer_rows(const TensorView& t) { return t.numel() / last_dim(t); }
+
+void expect_device(const TensorView& t, DType dtype, const char* what) {
+    Q4TP_CHECK(t.device == Device::Cuda && t.dtype == dtype,
+               "cuda backend: " << what << " must be a device " << to_string(dtype) << " tensor, got "
+                                << to_string(t.dtype) << " on " << to_string(t.device));
+}
+
+// A GPTQ layer in the GEMV's prepared layout (kernels/cuda/gptq_prepare.h), resident on the device.
+class CudaLinear final : public LinearWeights {
+public:
+    CudaLinear(std::int64_t k, std::int64_t n, std::int64_t n_padded, std::int64_t group_size,
+               std::int64_t num_groups)
+        : k_(k), n_(n), n_padded_(n_padded), group_size_(group_size), num_groups_(num_groups) {}
+
+    std::int64_t k() const override { return k_; }
+    std::int64_t n() const override { return n_; }
+    std::size_t bytes() const override {
+        return qweight_.bytes() + scales_.bytes() + zeros_.bytes() + perm_.bytes() + bias_.bytes();
+    }
+
+    kc::GptqWeights view() const {
+        kc::GptqWeights w;
+        w.qweight = qweight_.data();
+        w.scales = reinterpret_cast<const __half*>(scales_.data());
+        w.zeros = zeros_.data();
+        w.perm = perm_.empty() ? nullptr : perm_.data();
+        w.k = k_;
+        w.n = n_;
+        w.n_padded = n_padded_;
+        w.group_size = group_size_;
+        w.num_groups = num_groups_;
+        return w;
+    }
+    const __half* bias() const { return bias_.empty() ? nullptr : reinterpret_cast<const __half*>(bias_.data()); }
+
+    std::int64_t k_, n_, n_padded_, group_size_, num_groups_;
+    DeviceBuffer<std::uint32_t> qweight_;
+    DeviceBuffer<std::uint16_t> scales_;
+    DeviceBuffer<std::uint32_t> zeros_;
+    DeviceBuffer<std::int32_t> perm_;
+    DeviceBuffer<std::uint16_t> bias_;
+};
+
+template <typename T>
+DeviceBuffer<T> upload_vector(const std::vector<T>& host, cudaStream_t stream) {
+    DeviceBuffer<T> d(host.size());
+    if (!host.empty()) {
+        Q4TP_CUDA_CHECK(cudaMemcpyAsync(d.data(), host.data(), d.bytes(), cudaMemcpyHostToDevice, stream));
+        Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host vector dies when we return
+    }
+    return d;
+}
+
+}  // namespace
+
+CudaOps::CudaOps() {
+    int device = 0;
+    Q4TP_CUDA_CHECK(cudaGetDevice(&device));
+    const kc::DeviceInfo info = kc::device_info(device);
+    name_ = "cuda:" + std::to_string(device) + " (" + info.name + ")";
+    Q4TP_CUBLAS_CHECK(cublasCreate(&cublas_));
+    Q4TP_CUBLAS_CHECK(cublasSetStream(cublas_, stream_.get()));
+    // A fixed cuBLAS workspace keeps cuBLAS from allocating inside graph capture (lm_head is captured).
+    cublas_workspace_ = DeviceBuffer<std::byte>(kc::kCublasWorkspaceBytes);
+    Q4TP_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()));
+}
+
+CudaOps::~CudaOps() {
+    for (auto& [key, exec] : graphs_) {
+        if (cudaGraphExecDestroy(exec) != cudaSuccess) Q4TP_LOG_ERROR("cudaGraphExecDestroy failed");
+    }
+    if (cublas_ && cublasDestroy(cublas_) != CUBLAS_STATUS_SUCCESS) Q4TP_LOG_ERROR("cublasDestroy failed");
+}
+
+void* CudaOps::allocate_bytes(std::size_t bytes) {
+    // Round up so every tensor starts 256-byte aligned (16-byte vector loads, cuBLAS).
+    allocations_.emplace_back((bytes + 255) / 256 * 256);
+    return allocations_.back().data();
+}
+
+TensorView CudaOps::allocate(DType dtype, const Shape& shape) {
+    void* ptr = allocate_bytes(static_cast<std::size_t>(shape.numel()) * dtype_size(dtype));
+    return TensorView{ptr, dtype, shape, Device::Cuda};
+}
+
+void CudaOps::upload(const void* src, DType src_dtype, TensorView dst) {
+    const auto count = static_cast<std::size_t>(dst.numel());
+    std::vector<std::uint16_t> converted;
+    const void* from = src;
+    if (dst.dtype == DType::F16 && src_dtype == DType::F32) {
+        converted.resize(count);
+        for (std::size_t i = 0; i < count; ++i) converted[i] = float_to_half(static_cast<const float*>(src)[i]);
+        from = converted.data();
+    } else if (dst.dtype == DType::F16 && src_dtype == DType::BF16) {
+        converted.resize(count);
+        for (std::size_t i = 0; i < count; ++i) {
+            converted[i] = float_to_half(bf16_to_float(static_cast<const std::uint16_t*>(src)[i]));
+        }
+        from = converted.data();
+    } else {
+        Q4TP_CHECK(src_dtype == dst.dtype, "cuda backend: cannot upload " << to_string(src_dtype) << " into "
+                                                                          << to_string(dst.dtype));
+    }
+    Q4TP_CUDA_CHECK(cudaMemcpyAsync(dst.data, from, dst.bytes(), cudaMemcpyHostToDevice, stream_.get()));
+    Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+}
+
+void CudaOps::upload_ids(std::span<const std::int32_t> ids, TensorView dst) {
+    expect_device(dst, DType::I32, "ids destination");
+    Q4TP_CHECK(static_cast<std::size_t>(dst.numel()) == ids.size(),
+               "cuda backend: ids destination holds " << dst.numel() << ", got " << ids.size());
+    // Pageable source: the copy is staged before cudaMemcpyAsync returns, so the caller may reuse it.
+    Q4TP_CUDA_CHECK(cudaMemcpyAsync(dst.data, ids.data(), ids.size_bytes(), cudaMemcpyHostToDevice, stream_.get()));
+}
+
+void CudaOps::download(TensorView src, std::span<float> dst) {
+    Q4TP_CHECK(static_cast<std::size_t>(src.numel()) == dst.size(),
+               "cuda backend: download of " << src.numel() << " elements into " << dst.size());
+    if (src.dtype == DType::F32) {
+        Q4TP_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data, dst.size_bytes(), cudaMemcpyDeviceToHost, stream_.get()));
+        Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+        return;
+    }
+    expect_device(src, DType::F16, "download source");
+    std::vector<std::uint16_t> halves(dst.size());
+    Q4TP_CUDA_CHECK(cudaMemcpyAsync(halves.data(), src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_.get()));
+    Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    for (std::size_t i = 0; i < dst.size(); ++i) dst[i] = half_to_float(halves[i]);
+}
+
+std::unique_ptr<LinearWeights> CudaOps::make_linear(const loaders::GptqLinear& layer) {
+    kc::GptqSource source;
+    source.name = layer.name;
+    source.k = layer.k;
+    source.n = layer.n;
+    source.group_size = layer.group_size;
+    source.zero_format = layer.zero_format;
+    source.qweight = layer.qweight.span();
+    source.qzeros = layer.qzeros.span();
+    source.scales = layer.scales.span();
+    source.g_idx = layer.g_idx;
+    const kc::GptqPrepared prepared = kc::gptq_prepare(source);
+    auto linear = std::make_unique<CudaLinear>(prepared.k, prepared.n, prepared.n_padded, prepared.group_size,
+                                               prepared.num_groups);
+    linear->qweight_ = upload_vector(prepared.qweight, stream_.get());
+    linear->scales_ = upload_vector(prepared.scales, stream_.get());
+    linear->zeros_ = upload_vector(prepared.zeros, stream_.get());
+    linear->perm_ = upload_vector(prepared.perm, stream_.get());
+    if (!layer.bias.empty()) {
+        linear->bias_ = upload_vector(std::vector<std::uint16_t>(layer.bias.begin(), layer.bias.end()), stream_.get());
+    }
+    reserve_dequant_scratch(static_cast<std::size_t>(prepared.k * prepared.n_padded));
+    return linear;
+}
+
+std::unique_ptr<LinearWeights> CudaOps::make_synthetic_linear(const SyntheticLinearSpec& spec) {
+    Q4TP_CHECK(spec.k % kc::kGptqBlockK == 0 && spec.n % kc::kGptqTileN == 0,
+               "synthetic layer " << spec.k << "x" << spec.n << " must have K % 32 == 0 and N % 32 == 0");
+    const std::int64_t group_size = spec.group_size > 0 ? spec.group_size : spec.k;
+    const std::int64_t groups = (spec.k + group_size - 1) / group_size;
+    auto linear = std::make_unique<CudaLinear>(spec.k, spec.n, spec.n, group_size, groups);
+    cudaStream_t s = stream_.get();
+    // Uniform random words are uniform 4-bit codes in any layout, so the prepared layout is filled directly.
+    linear->qweight_ = DeviceBuffer<std::uint32_t>(static_cast<std::size_t>(spec.k * spec.n / 8));
+    kc::fill_random_words(linear->qweight_.data(), static_cast<std::int64_t>(linear->qweight_.size()), spec.seed, s);
+    linear->scales_ = DeviceBuffer<std::uint16_t>(static_cast<std::size_t>(groups * spec.n));
+    kc::fill_random_half(reinterpret_cast<__half*>(linear->scales_.data()),
+                         static_cast<std::int64_t>(linear->scales_.size()), spec.seed + 1, 0.75f * spec.scale,
+                         1.25f * spec.scale, s);
+    // Symmetric checkpoints: every effective zero point is 8 (formats.md R2.7).
+    linear->zeros_ = DeviceBuffer<std::uint32_t>(static_cast<std::size_t>(groups * spec.n / 8));
+    kc::fill_words(linear->zeros_.data(), static_cast<std::int64_t>(linear->zeros_.size()), 0x88888888u, s);
+    if (spec.act_order) {
+        // An act-order layer reads its input through a permutation of the rows (after the load-time sort).
+        std::vector<std::int32_t> perm(static_cast<std::size_t>(spec.k));
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), std::mt19937_64(spec.seed));
+        linear->perm_ = upload_vector(perm, s);
+    }
+    Q4TP_CUDA_CHECK(cudaStreamSynchronize(s));
+    reserve_dequant_scratch(static_cast<std::size_t>(spec.k * spec.n));
+    return linear;
+}
+
+void CudaOps::fill_random(TensorView dst, std::uint64_t seed, float center, float spread) {
+    expect_device(dst, DType::F16, "fill_random destination");
+    kc::fill_random_half(half_ptr(dst), dst.numel(), seed, center - spread, center + spread, stream_.get());
+    Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+}
+
+void CudaOps::reserve_dequant_scratch(std::size_t halves) {
+    if (dequant_scratch_.bytes() >= halves * sizeof(__half)) return;
+    dequant_scratch_ = DeviceBuffer<std::byte>(halves * sizeof(__half));
+}
+
+void CudaOps::plan_attention(const AttentionPlan& plan) {
+    const std::size_t bytes = kc::attention_workspace_bytes(
+        static_cast<int>(std::min<std::int64_t>(plan.max_m, kc::kMaxDecodeM)), static_cast<int>(plan.num_heads),
+        static_cast<int>(plan.num_kv_heads), static_cast<int>(plan.head_dim), static_cast<int>(plan.capacity));
+    if (attention_workspace_.bytes() < bytes) attention_workspace_ = DeviceBuffer<std::byte>(bytes);
+    const std::size_t gemv_bytes = kc::gptq_gemv_workspace_bytes();
+    if (gemv_workspace_.bytes() < gemv_bytes) gemv_workspace_ = DeviceBuffer<std::byte>(gemv_bytes);
+}
+
+void CudaOps::synchronize() { stream_.synchronize(); }
+
+void CudaOps::run_step(int key, const std::function<void()>& step) {
+    auto found = graphs_.find(key);
+    if (found == graphs_.end()) {
+        // Capture once: every buffer the step touches is fixed and per-step values live in device memory
+        // (token id, positions), so the same graph serves every later step.
+        cudaGraph_t graph = nullptr;
+        Q4TP_CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
+        try {
+            step();
+        } catch (...) {
+            (void)cudaStreamEndCapture(stream_.get(), &graph);
+            if (graph) (void)cudaGraphDestroy(graph);
+            throw;
+        }
+        Q4TP_CUDA_CHECK(cudaStreamEndCapture(stream_.get(), &graph));
+        cudaGraphExec_t exec = nullptr;
+        const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+        (void)cudaGraphDestroy(graph);
+        Q4TP_CUDA_CHECK(status);
+        found = graphs_.emplace(key, exec).first;
+        Q4TP_LOG_DEBUG("captured decode graph for key " << key);
+    }
+    Q4TP_CUDA_CHECK(cudaGraphLaunch(found->second, stream_.get()));
+}
+
+void CudaOps::embedding(TensorView table, TensorView ids, TensorView out) {
+    expect_device(table, DType::F16, "embedding table");
+    kc::embedding(ids.as<const std::int32_t>(), ids.numel(), half_ptr(table), table.shape[0], table.shape[1],
+                  half_ptr(out), stream_.get());
+}
+
+void CudaOps::rms_norm(TensorView x, TensorView weight, float eps, TensorView out) {
+    kc::rms_norm(half_ptr(x), half_ptr(weight), outer_rows(x), last_dim(x), eps, half_ptr(out), stream_.get());
+}
+
+void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
+    const auto& w = static_cast<const CudaLinear&>(weights);
+    const std::int64_t m = outer_rows(x);
+    Q4TP_CHECK(last_dim(x) == w.k() && last_dim(y) == w.n() && outer_rows(y) == m,
+               "cuda backend: linear [" << w.k() << " -> " << w.n() << "] got x " << x.shape.str() << " and y "
+                                        << y.shape.str());
+    Q4TP_CHECK(w.bias() == nullptr, "cuda backend: GPTQ layers with a non-zero bias are not supported yet");
+    if (m <= kGemvMaxRows) {
+        // Decode: each packed weight is read once by the fused int4 GEMV (bandwidth-bound).
+        kc::GptqGemvParams p;
+        p.weights = w.view();
+        p.x = half_ptr(x);
+        p.y = half_ptr(y);
+        p.m = static_cast<int>(m);
+        p.workspace = gemv_workspace_.data();
+        p.workspace_bytes = gemv_workspace_.bytes();
+        kc::gptq_gemv(p, stream_.get());
+        return;
+    }
+    // Prefill: compute-bound, so dequantize the layer to fp16 once and use the tensor cores through cuBLAS.
+    __half* scratch = reinterpret_cast<__half*>(dequant_scratch_.data());
+    kc::gptq_dequantize(w.view(), scratch, stream_.get());
+    const float alpha = 1.0f, beta = 0.0f;
+    // Row-major y[m][n] = x[m][k] . W[k][n] is column-major y^T = W^T x^T with W^T as an n_padded x k matrix.
+    Q4TP_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(w.n()), static_cast<int>(m),
+                                   static_cast<int>(w.k()), &alpha, scratch, CUDA_R_16F,
+                                   static_cast<int>(w.n_padded_), half_ptr(x), CUDA_R_16F, static_cast<int>(w.k()),
+                                   &beta, half_ptr(y), CUDA_R_16F, static_cast<int>(w.n()), CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+}
+
+void CudaOps::rope_and_cache(const CacheWrite& args) {
+    kc::RopeAppendKvParams p;
+    p.q = half_ptr(args.q);
+    p.k = half_ptr(args.k);
+    p.v = half_ptr(args.v);
+    p.k_cache = half_ptr(args.k_cache);
+    p.v_cache = half_ptr(args.v_cache);
+    p.positions = args.positions.as<const std::int32_t>();
+    p.inv_freq = args.freqs->inv_freq.as<const float>();
+    p.attention_scaling = args.freqs->attention_scaling;
+    p.m = args.q.shape[0];
+    p.num_heads = args.q.shape[1];
+    p.num_kv_heads = args.k.shape[1];
+    p.head_dim = args.q.shape[2];
+    p.capacity = args.k_cache.shape[1];
+    kc::rope_append_kv(p, stream_.get());
+}
+
+void CudaOps::attention(const AttentionArgs& args) {
+    kc::AttentionParams p;
+    p.q = half_ptr(args.q);
+    p.k_cache = half_ptr(args.k_cache);
+    p.v_cache = half_ptr(args.v_cache);
+    p.out = half_ptr(args.out);
+    // positions[0] is the number of rows already cached: read on the device so graph replays see each step's.
+    p.past_len = args.positions.as<const std::int32_t>();
+    p.workspace = reinterpret_cast<float*>(attention_workspace_.data());
+    p.workspace_bytes = attention_workspace_.bytes();
+    p.m = static_cast<int>(args.q.shape[0]);
+    p.num_heads = static_cast<int>(args.q.shape[1]);
+    p.num_kv_heads = static_cast<int>(args.k_cache.shape[0]);
+    p.head_dim = static_cast<int>(args.q.shape[2]);
+    p.capacity = static_cast<int>(args.k_cache.shape[1]);
+    kc::attention(p, stream_.get());
+}
+
+void CudaOps::silu_mul(TensorView gate, TensorView up, TensorView out) {
+    kc::silu_mul(half_ptr(gate), half_ptr(up), gate.numel(), half_ptr(out), stream_.get());
+}
+
+void CudaOps::add(TensorView x, TensorView y) {
+    Q4TP_CHECK(x.numel() == y.numel(), "cuda backend: add of " << x.shape.str() << " and " << y.shape.str());
+    kc::add_inplace(half_ptr(x), half_ptr(y), x.numel(), stream_.get());
+}
+
+void CudaOps::lm_head(TensorView x, TensorView weight, TensorView logits) {
+    kc::LmHeadParams p;
+    p.x = half_ptr(x);
+    p.weight = half_ptr(weight);
+    p.logits = logits.as<float>();
+    p.m = outer_rows(x);
+    p.hidden = last_dim(x);
+    p.vocab = weight.shape[0];
+    p.workspace = cublas_workspace_.data();
+    p.workspace_bytes = cublas_workspace_.bytes();
+    kc::lm_head(cublas_, p, stream_.get());
+}
+
+}  // namespace q4tp::model
