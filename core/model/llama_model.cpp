@@ -1,6 +1,8 @@
 #include "core/model/llama_model.h"
 
 #include <chrono>
+#include <iomanip>
+#include <sstream>
 #include <string>
 
 #include "core/base/error.h"
@@ -41,6 +43,12 @@ struct LlamaModel::Workspace {
 };
 
 namespace {
+
+std::string format_gb(std::size_t bytes) {
+    std::ostringstream oss;
+    oss << std::fixed << std::setprecision(bytes < 100'000'000 ? 4 : 2) << static_cast<double>(bytes) / 1e9 << " GB";
+    return oss.str();
+}
 
 std::string layer_prefix(std::int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 
@@ -103,7 +111,7 @@ void LlamaModel::load_weights(WeightSource& weights) {
     embed_tokens_ = load_dense("model.embed_tokens.weight", Shape{config_.vocab_size, hidden});
     const std::int64_t layers = config_.num_hidden_layers;
     layers_.resize(static_cast<std::size_t>(layers));
-    std::int64_t next_report = 1;
+    double next_report_s = 2.0;
     for (std::int64_t i = 0; i < layers; ++i) {
         const std::string p = layer_prefix(i);
         Layer& layer = layers_[static_cast<std::size_t>(i)];
@@ -116,12 +124,12 @@ void LlamaModel::load_weights(WeightSource& weights) {
         layer.gate_proj = load_linear(p + "mlp.gate_proj", hidden, config_.intermediate_size);
         layer.up_proj = load_linear(p + "mlp.up_proj", hidden, config_.intermediate_size);
         layer.down_proj = load_linear(p + "mlp.down_proj", config_.intermediate_size, hidden);
-        // A progress line about every 10% of the layers: a 70B checkpoint takes a while.
-        if ((i + 1) * 10 >= next_report * layers || i + 1 == layers) {
-            const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-            Q4TP_LOG_INFO("loading: layer " << i + 1 << "/" << layers << ", " << weight_bytes_ / 1e9 << " GB in "
-                                            << seconds << " s");
-            next_report = (i + 1) * 10 / layers + 1;
+        // A progress line at most every two seconds: a 70B checkpoint takes a while, a tiny one should not chatter.
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        if (seconds >= next_report_s && i + 1 < layers) {
+            Q4TP_LOG_INFO("loading: layer " << i + 1 << "/" << layers << ", " << format_gb(weight_bytes_) << " in "
+                                            << std::fixed << std::setprecision(1) << seconds << " s");
+            next_report_s = seconds + 2.0;
         }
     }
     final_norm_ = load_dense("model.norm.weight", Shape{hidden});
@@ -134,8 +142,9 @@ void LlamaModel::load_weights(WeightSource& weights) {
     }
     ops_.synchronize();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    Q4TP_LOG_INFO("loaded " << weight_bytes_ / 1e9 << " GB of weights in " << seconds << " s ("
-                            << (seconds > 0 ? weight_bytes_ / 1e9 / seconds : 0.0) << " GB/s) on " << ops_.name());
+    Q4TP_LOG_INFO("loaded " << format_gb(weight_bytes_) << " of weights in " << std::fixed << std::setprecision(2)
+                            << seconds << " s (" << (seconds > 0 ? weight_bytes_ / 1e9 / seconds : 0.0)
+                            << " GB/s) on " << ops_.name());
 }
 
 const RopeFrequencies& LlamaModel::rope_for(std::int64_t seq_len) {
