@@ -1,0 +1,186 @@
+// RMSNorm over fp16 rows, plain (rms_norm) and fused with the residual add (add_rms_norm).
+//
+// Semantics (docs/formats.md R4.2, HF LlamaRMSNorm with fp16 activations): the sum of squares, the mean and the
+// rsqrt are fp32; the normalized value x * rsqrt(mean + eps) is rounded to fp16 FIRST (HF casts hidden_states back to
+// the input dtype) and only then multiplied by the fp16 weight, the product rounded once more. The product of two
+// fp16 numbers is exact in fp32 (11 + 11 significant bits < 24), so fp16(float(w) * float(n)) is exactly torch's
+// fp16 w * n.
+//
+// Algorithm: one block per row. Pass 1 reads the row (for add_rms_norm: adds delta, rounds to fp16, stores the new
+// residual) and accumulates the fp32 sum of squares of the fp16 values as stored; a warp-shuffle reduction and one
+// shared-memory step give the row total. Pass 2 re-reads the row (from L1/L2: a row is at most a few tens of KB)
+// and writes the output. Each thread touches the same elements in both passes, which is why out may alias the input
+// of pass 2 element for element. With hidden % 8 == 0 and 16-byte aligned pointers each access moves 8 halves
+// (128 bits); any other hidden takes the 1-element path. Two passes instead of registers means no upper bound on
+// hidden and no per-hidden template instances; the reduction order is fixed, so results are bitwise deterministic.
+#include "kernels/cuda/rms_norm.h"
+
+#include <cmath>
+#include <cstdint>
+
+#include "core/base/cuda_check.h"
+#include "core/base/error.h"
+
+namespace q4tp::kernels::cuda {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------------
+// Constants
+
+constexpr int kWarpSize = 32;
+//! Up to 512 threads per row: hidden 4096 is one 8-half vector per thread; longer rows loop.
+constexpr int kMaxThreads = 512;
+constexpr int kVecWidth = 8;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Device helpers
+
+//! N consecutive halves, aligned so that N = 8 compiles to one 128-bit access.
+template <int N>
+struct alignas(sizeof(__half) * N) HalfVec {
+    __half h[N];
+};
+
+__device__ __forceinline__ float warp_reduce_sum(float v) {
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+//! Sum of v over the block (blockDim.x a multiple of 32), returned to every thread.
+__device__ float block_reduce_sum(float v) {
+    __shared__ float warp_sums[kMaxThreads / kWarpSize];
+    __shared__ float total;
+    const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+    const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+    v = warp_reduce_sum(v);
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const int warps = static_cast<int>(blockDim.x) / kWarpSize;
+        v = warp_reduce_sum(lane < warps ? warp_sums[lane] : 0.0f);
+        if (lane == 0) total = v;
+    }
+    __syncthreads();
+    return total;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Kernels
+
+//! What one row of either op needs. kAdd: residual is read, updated and normalized, delta added; otherwise x is.
+struct NormArgs {
+    const __half* x;       // [m][hidden], !kAdd
+    __half* residual;      // [m][hidden], kAdd
+    const __half* delta;   // [m][hidden], kAdd
+    const __half* weight;  // [hidden]
+    std::int64_t hidden;
+    float eps;
+    __half* out;           // [m][hidden]
+};
+
+template <int N, bool kAdd>
+__global__ void rms_norm_kernel(NormArgs a) {
+    const std::int64_t row_offset = static_cast<std::int64_t>(blockIdx.x) * a.hidden;
+    const __half* src = (kAdd ? a.residual : a.x) + row_offset;
+    const auto* src_vec = reinterpret_cast<const HalfVec<N>*>(src);
+    const std::int64_t vec_count = a.hidden / N;
+
+    float sum_sq = 0.0f;
+    for (std::int64_t v = threadIdx.x; v < vec_count; v += blockDim.x) {
+        HalfVec<N> r = src_vec[v];
+        if constexpr (kAdd) {
+            const HalfVec<N> d = reinterpret_cast<const HalfVec<N>*>(a.delta + row_offset)[v];
+#pragma unroll
+            for (int j = 0; j < N; ++j) r.h[j] = __float2half_rn(__half2float(r.h[j]) + __half2float(d.h[j]));
+            reinterpret_cast<HalfVec<N>*>(a.residual + row_offset)[v] = r;
+        }
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            const float f = __half2float(r.h[j]);
+            sum_sq += f * f;
+        }
+    }
+    const float total = block_reduce_sum(sum_sq);
+    const float inv_rms = rsqrtf(total / static_cast<float>(a.hidden) + a.eps);
+
+    const auto* weight_vec = reinterpret_cast<const HalfVec<N>*>(a.weight);
+    auto* out_vec = reinterpret_cast<HalfVec<N>*>(a.out + row_offset);
+    for (std::int64_t v = threadIdx.x; v < vec_count; v += blockDim.x) {
+        const HalfVec<N> r = src_vec[v];
+        const HalfVec<N> w = weight_vec[v];
+        HalfVec<N> o;
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            const __half normalized = __float2half_rn(__half2float(r.h[j]) * inv_rms);
+            o.h[j] = __float2half_rn(__half2float(w.h[j]) * __half2float(normalized));
+        }
+        out_vec[v] = o;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Launch configuration
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+//! One thread per vector up to kMaxThreads, rounded up to whole warps (block_reduce_sum needs full warps).
+unsigned int threads_for(std::int64_t vec_count) {
+    const std::int64_t threads = (vec_count + kWarpSize - 1) / kWarpSize * kWarpSize;
+    return static_cast<unsigned int>(threads > kMaxThreads ? kMaxThreads : threads);
+}
+
+void check_shape(const char* op, std::int64_t m, std::int64_t hidden, float eps) {
+    Q4TP_CHECK(m > 0 && m <= INT32_MAX, op << ": m = " << m << ", expected in [1, " << INT32_MAX << "]");
+    // hidden must convert to float exactly for the mean; real models are far below 2^24.
+    Q4TP_CHECK(hidden > 0 && hidden <= (std::int64_t{1} << 24),
+               op << ": hidden = " << hidden << ", expected in [1, " << (std::int64_t{1} << 24) << "]");
+    Q4TP_CHECK(std::isfinite(eps) && eps >= 0.0f, op << ": eps = " << eps << ", expected a finite value >= 0");
+}
+
+template <bool kAdd>
+void launch(const NormArgs& a, const void* row_base, std::int64_t m, cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned int>(m));
+    const bool vec = a.hidden % kVecWidth == 0 && aligned16(row_base) && aligned16(a.weight) && aligned16(a.out) &&
+                     (!kAdd || aligned16(a.delta));
+    if (vec) {
+        rms_norm_kernel<kVecWidth, kAdd><<<grid, threads_for(a.hidden / kVecWidth), 0, stream>>>(a);
+    } else {
+        rms_norm_kernel<1, kAdd><<<grid, threads_for(a.hidden), 0, stream>>>(a);
+    }
+    Q4TP_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Launchers
+
+void rms_norm(const __half* x,
+              const __half* weight,
+              std::int64_t m,
+              std::int64_t hidden,
+              float eps,
+              __half* out,
+              cudaStream_t stream) {
+    check_shape("rms_norm", m, hidden, eps);
+    Q4TP_CHECK(x && weight && out, "rms_norm: null x, weight or out pointer");
+    launch<false>(NormArgs{x, nullptr, nullptr, weight, hidden, eps, out}, x, m, stream);
+}
+
+void add_rms_norm(__half* residual,
+                  const __half* delta,
+                  const __half* weight,
+                  std::int64_t m,
+                  std::int64_t hidden,
+                  float eps,
+                  __half* out,
+                  cudaStream_t stream) {
+    check_shape("add_rms_norm", m, hidden, eps);
+    Q4TP_CHECK(residual && delta && weight && out, "add_rms_norm: null residual, delta, weight or out pointer");
+    Q4TP_CHECK(out != residual, "add_rms_norm: out aliases residual, expected a separate buffer (the sum is kept)");
+    launch<true>(NormArgs{nullptr, residual, delta, weight, hidden, eps, out}, residual, m, stream);
+}
+
+}  // namespace q4tp::kernels::cuda
