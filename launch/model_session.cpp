@@ -5,6 +5,8 @@
 #include "core/base/error.h"
 #include "core/base/logging.h"
 #include "core/model/cpu_ops.h"
+#include "core/model/cuda_ops.h"
+#include "kernels/cuda/device_info.h"
 #include "launch/cli.h"
 #include "loaders/config_json.h"
 #include "loaders/quant_config.h"
@@ -23,8 +25,11 @@ namespace {
 std::unique_ptr<model::Ops> make_backend(DeviceChoice choice) {
     switch (choice) {
         case DeviceChoice::Cuda:
-            Q4TP_THROW("--device cuda: the CUDA backend is not part of this build yet; use --device cpu");
+            Q4TP_CHECK(kernels::cuda::device_count() > 0, "--device cuda: no CUDA device is visible");
+            return std::make_unique<model::CudaOps>();
         case DeviceChoice::Auto:
+            if (kernels::cuda::device_count() > 0) return std::make_unique<model::CudaOps>();
+            return std::make_unique<model::CpuOps>();
         case DeviceChoice::Cpu: return std::make_unique<model::CpuOps>();
     }
     Q4TP_THROW("unknown device choice");

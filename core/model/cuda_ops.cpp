@@ -60,9 +60,7 @@ public:
         w.perm = perm_.empty() ? nullptr : perm_.data();
         w.k = k_;
         w.n = n_;
-        w.n_padded = n_padded_;
         w.group_size = group_size_;
-        w.num_groups = num_groups_;
         return w;
     }
     const __half* bias() const { return bias_.empty() ? nullptr : reinterpret_cast<const __half*>(bias_.data()); }
@@ -183,7 +181,7 @@ std::unique_ptr<LinearWeights> CudaOps::make_linear(const loaders::GptqLinear& l
     if (!layer.bias.empty()) {
         linear->bias_ = upload_vector(std::vector<std::uint16_t>(layer.bias.begin(), layer.bias.end()), stream_.get());
     }
-    reserve_dequant_scratch(static_cast<std::size_t>(prepared.k * prepared.n_padded));
+    reserve_scratch(prepared.k, prepared.n, prepared.n_padded);
     return linear;
 }
 
@@ -212,7 +210,7 @@ std::unique_ptr<LinearWeights> CudaOps::make_synthetic_linear(const SyntheticLin
         linear->perm_ = upload_vector(perm, s);
     }
     Q4TP_CUDA_CHECK(cudaStreamSynchronize(s));
-    reserve_dequant_scratch(static_cast<std::size_t>(spec.k * spec.n));
+    reserve_scratch(spec.k, spec.n, spec.n);
     return linear;
 }
 
@@ -222,9 +220,10 @@ void CudaOps::fill_random(TensorView dst, std::uint64_t seed, float center, floa
     Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
 }
 
-void CudaOps::reserve_dequant_scratch(std::size_t halves) {
-    if (dequant_scratch_.bytes() >= halves * sizeof(__half)) return;
-    dequant_scratch_ = DeviceBuffer<std::byte>(halves * sizeof(__half));
+void CudaOps::reserve_scratch(std::int64_t k, std::int64_t n, std::int64_t n_padded) {
+    const auto halves = static_cast<std::size_t>(k * n_padded);
+    if (dequant_scratch_.bytes() < halves * sizeof(__half)) dequant_scratch_ = DeviceBuffer<std::byte>(halves * sizeof(__half));
+    gemv_workspace_needed_ = std::max(gemv_workspace_needed_, kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, k, n));
 }
 
 void CudaOps::plan_attention(const AttentionPlan& plan) {
@@ -232,8 +231,13 @@ void CudaOps::plan_attention(const AttentionPlan& plan) {
         static_cast<int>(std::min<std::int64_t>(plan.max_m, kc::kMaxDecodeM)), static_cast<int>(plan.num_heads),
         static_cast<int>(plan.num_kv_heads), static_cast<int>(plan.head_dim), static_cast<int>(plan.capacity));
     if (attention_workspace_.bytes() < bytes) attention_workspace_ = DeviceBuffer<std::byte>(bytes);
-    const std::size_t gemv_bytes = kc::gptq_gemv_workspace_bytes();
-    if (gemv_workspace_.bytes() < gemv_bytes) gemv_workspace_ = DeviceBuffer<std::byte>(gemv_bytes);
+    // The GEMV's split-K partials and counters, sized for the largest layer loaded (they self-reset, so one
+    // clearing here serves every later call and graph replay).
+    if (gemv_workspace_.bytes() < gemv_workspace_needed_) {
+        gemv_workspace_ = DeviceBuffer<std::byte>(gemv_workspace_needed_);
+        kc::gptq_gemv_workspace_init(gemv_workspace_.data(), gemv_workspace_.bytes(), stream_.get());
+        Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    }
 }
 
 void CudaOps::synchronize() { stream_.synchronize(); }
@@ -285,7 +289,9 @@ void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
         kc::GptqGemvParams p;
         p.weights = w.view();
         p.x = half_ptr(x);
+        p.ldx = w.k();
         p.y = half_ptr(y);
+        p.ldy = w.n();
         p.m = static_cast<int>(m);
         p.workspace = gemv_workspace_.data();
         p.workspace_bytes = gemv_workspace_.bytes();
@@ -294,7 +300,11 @@ void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
     }
     // Prefill: compute-bound, so dequantize the layer to fp16 once and use the tensor cores through cuBLAS.
     __half* scratch = reinterpret_cast<__half*>(dequant_scratch_.data());
-    kc::gptq_dequantize(w.view(), scratch, stream_.get());
+    kc::GptqDequantParams dq;
+    dq.weights = w.view();
+    dq.w = scratch;
+    dq.ldw = w.n_padded_;
+    kc::gptq_dequantize(dq, stream_.get());
     const float alpha = 1.0f, beta = 0.0f;
     // Row-major y[m][n] = x[m][k] . W[k][n] is column-major y^T = W^T x^T with W^T as an n_padded x k matrix.
     Q4TP_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(w.n()), static_cast<int>(m),

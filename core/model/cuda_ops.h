@@ -53,8 +53,9 @@ public:
 
 private:
     void* allocate_bytes(std::size_t bytes);
-    //! Grows (at load time only) the scratch that prefill dequantizes a layer into.
-    void reserve_dequant_scratch(std::size_t halves);
+    //! Grows (at load time only) the scratch that prefill dequantizes a layer into, and records the
+    //! GEMV workspace the largest layer needs.
+    void reserve_scratch(std::int64_t k, std::int64_t n, std::int64_t n_padded);
 
     std::string name_;
     CudaStream stream_;
@@ -64,6 +65,7 @@ private:
     DeviceBuffer<std::byte> gemv_workspace_;
     DeviceBuffer<std::byte> dequant_scratch_;
     DeviceBuffer<std::byte> attention_workspace_;
+    std::size_t gemv_workspace_needed_ = 0;
     std::map<int, cudaGraphExec_t> graphs_;
 };
 

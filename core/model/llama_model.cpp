@@ -147,6 +147,14 @@ void LlamaModel::load_weights(WeightSource& weights) {
                             << " GB/s) on " << ops_.name());
 }
 
+std::size_t LlamaModel::decode_bytes_per_token(std::int64_t context) const {
+    const std::size_t row = embed_tokens_.bytes() / static_cast<std::size_t>(config_.vocab_size);
+    std::size_t bytes = weight_bytes_ - embed_tokens_.bytes() + row;
+    if (config_.tie_word_embeddings) bytes += lm_head_.bytes();  // read again, as the lm_head
+    const std::size_t kv_row = static_cast<std::size_t>(config_.kv_dim()) * dtype_size(ops_.activation_dtype());
+    return bytes + 2 * static_cast<std::size_t>(config_.num_hidden_layers * context) * kv_row;
+}
+
 const RopeFrequencies& LlamaModel::rope_for(std::int64_t seq_len) {
     // Only dynamic NTK scaling depends on the sequence length (formats.md R4.9); every other type is
     // computed once.

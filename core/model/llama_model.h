@@ -49,6 +49,9 @@ public:
     std::int64_t context_capacity() const noexcept { return cache_.capacity(); }
     std::size_t weight_bytes() const noexcept { return weight_bytes_; }
     std::size_t kv_cache_bytes() const noexcept { return cache_.bytes(); }
+    //! Bytes one decode step must read at a context of `context` tokens: every linear layer, the norms, the
+    //! lm_head, one embedding row and the cached keys and values (the roofline's numerator).
+    std::size_t decode_bytes_per_token(std::int64_t context) const;
     Ops& ops() noexcept { return ops_; }
 
 private:
