@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU machine's whole check in one call (docs/gpu-machine.md): build everything, run every `gpu` test,
+# memcheck the kernel suites on small cases, then benchmark the synthetic Llama-2 shapes with q4tp-bench.
+# Logs and JSON lines go to $OUT (or out/); a short table is printed last.
+#   bash scripts/gpu_check.sh [--no-bench] [--bench-only] [bench model names...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+out=${OUT:-out}
+mkdir -p "$out"
+
+run_tests=1; run_bench=1; models=()
+for arg in "$@"; do
+  case "$arg" in
+    --no-bench) run_bench=0 ;;
+    --bench-only) run_tests=0 ;;
+    *) models+=("$arg") ;;
+  esac
+done
+[ ${#models[@]} -gt 0 ] || models=(llama2-7b llama2-13b llama2-70b)
+
+nvidia-smi -L | tee "$out/cards.txt"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+start=$(date +%s)
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQ4TP_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null || exit 1
+cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+
+status=0
+if [ "$run_tests" = 1 ]; then
+  ctest --test-dir build-gpu -L gpu --output-on-failure -j 1 > "$out/gpu-tests.log" 2>&1 || status=1
+  grep -E "tests passed|tests failed|\[ golden|\[ cuda" "$out/gpu-tests.log"
+  grep -E "^\s+[0-9]+ - .*\(Failed|Exception|Timeout" "$out/gpu-tests.log" | head -30
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for t in build-gpu/tests/test_cuda_*; do
+    [ -x "$t" ] || continue
+    filter=$("$t" --gtest_list_tests | awk '/^[^ ]/ {s=$1} /^  / {print s $1}' | head -n 3 | paste -sd: -)
+    if "$sanitizer" --tool memcheck --error-exitcode 1 "$t" --gtest_filter="$filter" > "$out/memcheck-$(basename "$t").log" 2>&1; then
+      echo "memcheck $(basename "$t"): clean"
+    else
+      echo "memcheck $(basename "$t"): FAILED"; tail -20 "$out/memcheck-$(basename "$t").log"; status=1
+    fi
+  done
+fi
+
+if [ "$run_bench" = 1 ]; then
+  for model in "${models[@]}"; do
+    for act in "" "--act-order"; do
+      build-gpu/bin/q4tp-bench --synthetic "$model" $act --json "$out/bench.jsonl" --log-level warn \
+        > "$out/bench-$model$act.txt" 2>&1 || { status=1; tail -5 "$out/bench-$model$act.txt"; }
+    done
+  done
+  echo "commit $commit, $(head -1 "$out/cards.txt")"
+  python3 - "$out/bench.jsonl" <<'PY'
+import json, sys
+print(f"{'model':28} {'prompt t/s':>10} {'best t/s':>9} {'worst t/s':>9} {'best GB/s':>9} {'% 3.35TB/s':>10} {'GB used':>8}")
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f"{r['model']:28} {r['prompt_tps']:10.0f} {r['best_tps']:9.1f} {r['worst_tps']:9.1f} {r['best_gbps']:9.0f} "
+          f"{100*r['best_gbps']/3350:9.1f}% {r['device_used_gb']:8.2f}")
+PY
+fi
+exit $status
