@@ -31,8 +31,13 @@
 //  6. u = 64 bits of Philox4x32-10 at counter (step, row) under key seed; target = floor(u * kept_mass / 2^64);
 //     the token is the first whose cumulative kept mass exceeds target. The launch then adds 1 to *step.
 //
-// Cost for V = 128K: path A (typical top_k) reads the row about 6 times, path B up to about 12; every pass is a
-// coalesced L2 stream of 512 KB. That is tens of microseconds per decode step.
+// Cost, measured on an H200 for one row of V = 128256 (N(0, 3) logits): greedy 22 us, plain temperature 100 us,
+// T 0.8 / top_k 40 / top_p 0.95 / min_p 0.05 1.24 ms, top_k 0 / top_p 0.95 1.39 ms; argmax_rows alone 15 us.
+// Known bottlenecks, in order: (1) the first radix pass sees only a handful of distinct top bytes (sign and
+// exponent), so nearly every token's 64-bit shared atomicAdd lands on a few bins and serializes - per-warp
+// sub-histograms or __match_any_sync aggregation would remove it; (2) one block streams the row with one scalar
+// load in flight per thread, so each pass is latency bound (~20 us) - vector loads and unrolling would cut it;
+// (3) the draw's second level is one warp walking 4K tokens serially - the whole block should scan that chunk.
 
 #include "kernels/cuda/sampling.h"
 
