@@ -76,7 +76,7 @@ double device_used_gb() {
 
 int bench(int argc, char** argv) {
     std::string model_dir, synthetic, json_path, device = "auto", log_level = "info";
-    std::int64_t prompt_tokens = 1920, gen_tokens = 128, context = 2048, batch_tokens = 512, repeats = 3;
+    std::int64_t prompt_tokens = 1920, gen_tokens = 128, context = 0, batch_tokens = 512, repeats = 3;
     bool act_order = false;
     ArgParser args("q4tp-bench", "(--model DIR | --synthetic llama2-7b|llama2-13b|llama2-70b) [options]",
                    "Measures prompt and generation speed the way exllama's benchmark does, and memory per GPU.");
@@ -86,7 +86,7 @@ int bench(int argc, char** argv) {
     args.add_flag("act-order", "synthetic weights with act-order (rows read through a permutation)", &act_order);
     args.add_int("prompt-tokens", "N", "prompt length for the prompt-speed and worst-case runs", &prompt_tokens);
     args.add_int("gen-tokens", "N", "tokens generated per generation run", &gen_tokens);
-    args.add_int("context", "N", "KV cache size in tokens", &context, "c");
+    args.add_int("context", "N", "KV cache size in tokens; 0 = just enough for the runs", &context, "c");
     args.add_int("batch-tokens", "N", "prompt tokens per forward pass", &batch_tokens);
     args.add_int("repeats", "N", "runs of each measurement; the median is reported", &repeats);
     args.add_string("device", "DEV", "auto, cpu or cuda", &device);
@@ -98,6 +98,7 @@ int bench(int argc, char** argv) {
     if (prompt_tokens < 4 || gen_tokens < 1 || repeats < 1) {
         throw UsageError("--prompt-tokens must be >= 4, --gen-tokens and --repeats >= 1");
     }
+    if (context == 0) context = (prompt_tokens + gen_tokens + 1 + 255) / 256 * 256;
     if (context < prompt_tokens + gen_tokens + 1) {
         throw UsageError("--context " + std::to_string(context) + " cannot hold " + std::to_string(prompt_tokens) +
                          " prompt tokens plus " + std::to_string(gen_tokens) + " generated");
