@@ -741,8 +741,8 @@ void attention_decode(const AttentionParams& p, cudaStream_t stream) {
 
     KernelArgs a = kernel_args(p);
     a.num_chunks = attention_decode_chunks(p.num_kv_heads, p.capacity);
-    Q4TP_CHECK(a.num_chunks <= kMaxDecodeChunks, "attention_decode: " << a.num_chunks << " chunks, the merge kernel takes "
-                                                                      << kMaxDecodeChunks);
+    Q4TP_CHECK(a.num_chunks <= kMaxDecodeChunks,
+               "attention_decode: " << a.num_chunks << " chunks, the merge kernel takes " << kMaxDecodeChunks);
     a.ws_o = p.workspace;
     a.ws_lse = p.workspace + static_cast<std::size_t>(p.m) * p.num_heads * a.num_chunks * p.head_dim;
     Q4TP_CHECK((a.rows + 3) / 4 <= kMaxGridYZ, "attention_decode: " << a.rows << " query rows per kv head, expected <= "

@@ -62,7 +62,8 @@ Result run_case(const Case& c, cudaStream_t stream) {
     auto fill = [&](DeviceBuffer<std::uint16_t>& buf) {
         for (std::size_t at = 0; at < buf.size(); at += block.size()) {
             const std::size_t n = std::min(block.size(), buf.size() - at);
-            Q4TP_CUDA_CHECK(cudaMemcpy(buf.data() + at, block.data(), n * sizeof(std::uint16_t), cudaMemcpyHostToDevice));
+            Q4TP_CUDA_CHECK(
+                cudaMemcpy(buf.data() + at, block.data(), n * sizeof(std::uint16_t), cudaMemcpyHostToDevice));
         }
     };
     DeviceBuffer<std::uint16_t> k_all(cache_elems * layers);
