@@ -630,7 +630,8 @@ bool overlaps(const void* a, std::size_t a_bytes, const void* b, std::size_t b_b
 
 void check_shape(int m, int num_heads, int num_kv_heads, int head_dim, int capacity, const char* who) {
     Q4TP_CHECK(m >= 1, who << ": m = " << m << ", expected >= 1");
-    Q4TP_CHECK(head_dim == 64 || head_dim == 128, who << ": head_dim = " << head_dim << ", expected 64 or 128");
+    Q4TP_CHECK(head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128,
+               who << ": head_dim = " << head_dim << ", expected 16, 32, 64 or 128");
     Q4TP_CHECK(num_kv_heads >= 1 && num_heads >= 1 && num_heads % num_kv_heads == 0,
                who << ": num_heads = " << num_heads << " is not a positive multiple of num_kv_heads = "
                    << num_kv_heads);
@@ -748,6 +749,12 @@ void attention_decode(const AttentionParams& p, cudaStream_t stream) {
     Q4TP_CHECK((a.rows + 3) / 4 <= kMaxGridYZ, "attention_decode: " << a.rows << " query rows per kv head, expected <= "
                                                                     << 4 * kMaxGridYZ);
     switch (p.head_dim) {
+        case 16:
+            launch_decode<16>(a, p.num_kv_heads, stream);
+            break;
+        case 32:
+            launch_decode<32>(a, p.num_kv_heads, stream);
+            break;
         case 64:
             launch_decode<64>(a, p.num_kv_heads, stream);
             break;
@@ -755,7 +762,7 @@ void attention_decode(const AttentionParams& p, cudaStream_t stream) {
             launch_decode<128>(a, p.num_kv_heads, stream);
             break;
         default:
-            Q4TP_THROW("attention_decode: head_dim = " << p.head_dim << ", expected 64 or 128");
+            Q4TP_THROW("attention_decode: head_dim = " << p.head_dim << ", expected 16, 32, 64 or 128");
     }
 }
 
@@ -763,6 +770,12 @@ void attention_prefill(const AttentionParams& p, cudaStream_t stream) {
     check_params(p, "attention_prefill");
     const KernelArgs a = kernel_args(p);
     switch (p.head_dim) {
+        case 16:
+            launch_prefill<16>(a, stream);
+            break;
+        case 32:
+            launch_prefill<32>(a, stream);
+            break;
         case 64:
             launch_prefill<64>(a, stream);
             break;
@@ -770,7 +783,7 @@ void attention_prefill(const AttentionParams& p, cudaStream_t stream) {
             launch_prefill<128>(a, stream);
             break;
         default:
-            Q4TP_THROW("attention_prefill: head_dim = " << p.head_dim << ", expected 64 or 128");
+            Q4TP_THROW("attention_prefill: head_dim = " << p.head_dim << ", expected 16, 32, 64 or 128");
     }
 }
 

@@ -27,7 +27,7 @@ struct AttentionParams {
     int m = 0;                               //!< query rows in this call
     int num_heads = 0;                       //!< query heads nh
     int num_kv_heads = 0;                    //!< kv heads nkv, divides nh; query head h reads kv head h / (nh / nkv)
-    int head_dim = 0;                        //!< 64 or 128
+    int head_dim = 0;                        //!< 16, 32, 64 or 128
     int capacity = 0;                        //!< cache rows per kv head
 };
 
