@@ -225,7 +225,7 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
     };
     // Single-token decode steps are replayed from a graph on backends that have them; token id and
     // position were uploaded into device memory above, so the captured step reads each step's values.
-    if (m == 1 && logits_out && !observer) {
+    if (runtime_.use_graphs && m == 1 && logits_out && !observer) {
         ops_.run_step(1, step);
     } else {
         step();

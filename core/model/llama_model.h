@@ -23,6 +23,7 @@ namespace q4tp::model {
 struct RuntimeConfig {
     std::int64_t max_context = 2048;
     std::int64_t max_batch_tokens = 512;
+    bool use_graphs = true;  //!< replay single-token decode steps from a captured graph (CUDA)
 };
 
 enum class LogitsMode { LastOnly, All };
