@@ -1,0 +1,484 @@
+// int4 GPTQ GEMV for decode (m = 1..8) and the dequantize-to-fp16 kernel.
+//
+// Algorithm. Decode GEMV is a stream over the packed weights (0.52 B per weight at group 128), so everything is
+// arranged to read each weight once with 16-byte coalesced loads and keep enough of them in flight:
+//  - Layout (gptq_prepare.h): a lane's 16-byte load is 4 words = 32 rows x 4 columns, already in the order of the
+//    B fragments of mma.m16n8k16; a warp's load is 512 contiguous bytes and a warp's whole K range is contiguous.
+//  - Math: each word is dequantized exactly to fp16(s (q - z)) (quant/int4.cuh: the same rounding as the reference,
+//    docs/formats.md R2.11) and fed to a tensor-core mma with fp32 accumulation. The activations fill A rows 0..m-1
+//    (rows m..15 are zero), so the instruction count per weight does not grow with m: ~2.5 instructions per weight
+//    for every m in 1..8, where a CUDA-core half2 dot would need ~1 more per weight and activation row.
+//    There is no fp16 accumulation anywhere: mma sums in fp32, and so do the split-K reduction and the epilogue.
+//  - CTA: 8 warps x one 32-column tile each = 256 columns, all warps over the same K slice, so the CTA's activation
+//    slice is gathered once into shared memory (through perm for act-order: x is read as x[perm[k]]) and stored in
+//    A-fragment order, one 16-byte shared load per lane per 32-row block, with rows padded against bank conflicts.
+//  - Loads in flight: 8 blocks (8 x 16 B) per lane, refilled one by one as each block is consumed (a rolling
+//    prefetch, no second register buffer); the first 8 are issued before the activation gather. Each block's scales
+//    and zero points travel with its weights, so they are never on the dot product's dependency chain.
+//  - Split-K: when N alone gives too few CTAs, K is cut into `splits` slices (gptq_gemv_plan, ~4 CTAs per SM of an
+//    H100). Each CTA writes fp32 partials to the workspace; the last CTA of a column tile (a self-resetting atomic
+//    counter) sums them in slice order, adds the residual in fp32 and writes fp16. Deterministic and graph-safe.
+//
+// Variants: one kernel template per m (1..8), chosen by the single switch in gptq_gemv. Group sizes are runtime
+// (any multiple of 32, or K), act-order is the perm pointer (nullptr = rows already in order).
+#include "kernels/cuda/gptq_gemv.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "core/base/cuda_check.h"
+#include "core/base/error.h"
+#include "kernels/cuda/common/ptx.cuh"
+#include "kernels/cuda/quant/int4.cuh"
+
+namespace q4tp::kernels::cuda {
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Traits and constants
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileN = static_cast<int>(kGptqTileN);    // columns per warp
+constexpr int kBlockK = static_cast<int>(kGptqBlockK);  // rows per 16-byte load
+constexpr int kCtaN = kWarps * kTileN;                  // columns per CTA
+constexpr int kBlocksInFlight = 8;                      // 16-byte loads in flight per lane (32 KB per CTA)
+// About 4 CTAs per SM of a 132-SM H100: with ~2 resident per SM (register bound) that is 2 waves, enough to hide
+// the tail. A constant, not a device query, so the plan (and the workspace size) is a pure function of the shape.
+constexpr int kTargetCtas = 4 * 132;
+constexpr int kMaxStageBytes = 32 * 1024;              // activation slice in shared memory, all m rows
+constexpr int kMaxSmemBytes = 48 * 1024;               // no opt-in attribute needed up to here
+// Workspace: [tile counters, fixed size][fp32 partials]. The counter region has the same place and size for every
+// layer, so layers of different widths sharing one workspace never see each other's partials as counters.
+constexpr std::int64_t kMaxTiles = 4096;                // N <= 1M columns
+constexpr std::size_t kCounterBytes = kMaxTiles * sizeof(unsigned int);
+constexpr std::size_t kMaxPartialBytes = std::size_t{16} << 20;
+
+std::int64_t round_up(std::int64_t v, std::int64_t to) { return (v + to - 1) / to * to; }
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+//! Bytes of one staged activation row of `blocks` k-blocks (64 B each), padded so consecutive rows start 64 bytes
+//! apart modulo 128: the two rows a quarter-warp reads in one 16-byte shared load then hit disjoint banks.
+int stage_row_bytes(int blocks) {
+    int bytes = blocks * 64;
+    if (bytes % 128 == 0) bytes += 64;
+    return bytes;
+}
+
+std::size_t partial_bytes(const GptqGemvPlan& plan, int m, std::int64_t n) {
+    if (plan.splits <= 1) return 0;
+    return static_cast<std::size_t>(plan.splits) * static_cast<std::size_t>(m) *
+           static_cast<std::size_t>(round_up(n, kTileN)) * sizeof(float);
+}
+
+struct GemvArgs {
+    const uint4* qweight;
+    const uint2* scales;          // 4 fp16 scales per lane-group, [G][N_pad / 4]
+    const std::uint32_t* zeros;   // [G][N_pad / 8]
+    const std::int32_t* perm;     // nullptr = identity
+    const __half* x;
+    __half* y;
+    const __half* residual;
+    float* partials;              // [splits][m][N_pad]
+    unsigned int* counters;       // [n_tiles]
+    long long ldx;
+    long long ldy;
+    long long ldr;
+    int n;
+    int n_padded;
+    int k_blocks;
+    int tiles32;
+    int group_blocks;             // group_size / 32
+    int blocks_per_split;
+    int splits;
+    int stage_row_u4;             // staged row stride in 16-byte units
+};
+
+struct DequantArgs {
+    const uint4* qweight;
+    const uint2* scales;
+    const std::uint32_t* zeros;
+    const std::int32_t* perm;
+    __half* w;
+    long long ldw;
+    int n;
+    int n_padded;
+    int k_blocks;
+    int tiles32;
+    int group_blocks;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Device helpers
+
+//! Position (in halves) of row c (0..31) of a k-block inside its staged 32-half A-fragment group: lane t reads
+//! halves [8t, 8t+8) = rows (2t, 2t+1), (2t+8, 2t+9), (2t+16, 2t+17), (2t+24, 2t+25), i.e. the registers a0, a2 of
+//! the first and of the second k16 step.
+__device__ __forceinline__ int staged_position(int c) { return 8 * ((c % 8) / 2) + 2 * (c / 8) + (c % 2); }
+
+//! Scale pair and zero points of lane row r (= lane / 4) for group g and 32-column tile `tile`.
+__device__ __forceinline__ uint2 load_scales(const uint2* scales, int n_padded, int g, int tile, int r) {
+    return __ldg(scales + static_cast<long long>(g) * (n_padded / 4) + tile * 8 + r);
+}
+__device__ __forceinline__ std::uint32_t load_zeros(const std::uint32_t* zeros, int n_padded, int g, int tile, int r) {
+    return __ldg(zeros + static_cast<long long>(g) * (n_padded / 8) + tile * 4 + r / 2) >> (16 * (r & 1));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kernels
+
+template <int M>
+__global__ void __launch_bounds__(kThreads) gptq_gemv_kernel(const GemvArgs a) {
+    extern __shared__ uint4 stage[];  // [M][stage_row_u4]: activations of this K slice in A-fragment order
+    __shared__ unsigned int is_last_cta;
+
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int r = lane / 4;  // mma groupID: the column inside an n8 tile, and the A/C row
+    const int t = lane % 4;  // mma thread-in-group
+    const int tile = static_cast<int>(blockIdx.x) * kWarps + warp;
+    const bool has_tile = tile < a.tiles32;
+    const int split = static_cast<int>(blockIdx.y);
+    const int blk0 = split * a.blocks_per_split;
+    const int nblk = min(a.k_blocks - blk0, a.blocks_per_split);
+
+    // Weight, scale and zero loads for the next block to fetch; g/in_group follow that block.
+    const uint4* wptr = a.qweight + (static_cast<long long>(tile) * a.k_blocks + blk0) * 32 + lane;
+    int fetch_group = blk0 / a.group_blocks;
+    int fetch_in_group = blk0 - fetch_group * a.group_blocks;
+    uint4 wq[kBlocksInFlight];
+    uint2 sc[kBlocksInFlight];
+    std::uint32_t zw[kBlocksInFlight];
+    if (has_tile) {
+#pragma unroll
+        for (int u = 0; u < kBlocksInFlight; ++u) {
+            if (u < nblk) {
+                wq[u] = load_streaming(wptr + u * 32);
+                sc[u] = load_scales(a.scales, a.n_padded, fetch_group, tile, r);
+                zw[u] = load_zeros(a.zeros, a.n_padded, fetch_group, tile, r);
+            }
+            if (++fetch_in_group == a.group_blocks) {
+                fetch_in_group = 0;
+                ++fetch_group;
+            }
+        }
+    }
+
+    // Gather this slice of x (through perm) while the weight loads are in flight.
+    __half* st = reinterpret_cast<__half*>(stage);
+    const int row_halves = a.stage_row_u4 * 8;
+    for (int i = static_cast<int>(threadIdx.x); i < nblk * kBlockK; i += kThreads) {
+        const int c = i % kBlockK;
+        const int pos = (i - c) + staged_position(c);
+        const int ks = blk0 * kBlockK + i;
+        const long long ko = a.perm != nullptr ? __ldg(a.perm + ks) : ks;
+#pragma unroll
+        for (int m = 0; m < M; ++m) st[m * row_halves + pos] = __ldg(a.x + m * a.ldx + ko);
+    }
+    __syncthreads();
+
+    float acc[4][4] = {};
+    if (has_tile) {
+        for (int done = 0; done < nblk; done += kBlocksInFlight) {
+#pragma unroll
+            for (int u = 0; u < kBlocksInFlight; ++u) {
+                const int b = done + u;
+                if (b < nblk) {
+                    uint4 xa = make_uint4(0u, 0u, 0u, 0u);
+                    if (r < M) xa = stage[r * a.stage_row_u4 + b * 4 + t];
+                    const std::uint32_t words[4] = {wq[u].x, wq[u].y, wq[u].z, wq[u].w};
+                    const uint2 s = sc[u];
+                    const std::uint32_t z = zw[u];
+                    // Refill this slot at once: the loads of the next 8 blocks stay in flight while we compute.
+                    if (b + kBlocksInFlight < nblk) {
+                        wq[u] = load_streaming(wptr + (b + kBlocksInFlight) * 32);
+                        sc[u] = load_scales(a.scales, a.n_padded, fetch_group, tile, r);
+                        zw[u] = load_zeros(a.zeros, a.n_padded, fetch_group, tile, r);
+                        if (++fetch_in_group == a.group_blocks) {
+                            fetch_in_group = 0;
+                            ++fetch_group;
+                        }
+                    }
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const Int4Column col = int4_column((z >> (4 * j)) & 15u, j < 2 ? s.x : s.y, (j & 1) != 0);
+                        std::uint32_t bfrag[4];
+                        int4_dequant_word(words[j], col, bfrag);
+                        mma_m16n8k16_rows8(acc[j], xa.x, xa.y, bfrag[0], bfrag[1]);
+                        mma_m16n8k16_rows8(acc[j], xa.z, xa.w, bfrag[2], bfrag[3]);
+                    }
+                }
+            }
+        }
+    }
+
+    // C fragment: lane holds rows r, columns 8 j + 2t and 8 j + 2t + 1 of each n8 tile j (acc[j][0..1]).
+    if (a.splits == 1) {
+        if (has_tile && r < M) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int col = tile * kTileN + 8 * j + 2 * t;
+                if (col < a.n) {  // N % 8 == 0: both columns are in range or neither
+                    float v0 = acc[j][0];
+                    float v1 = acc[j][1];
+                    if (a.residual != nullptr) {
+                        v0 += __half2float(a.residual[r * a.ldr + col]);
+                        v1 += __half2float(a.residual[r * a.ldr + col + 1]);
+                    }
+                    a.y[r * a.ldy + col] = __float2half_rn(v0);
+                    a.y[r * a.ldy + col + 1] = __float2half_rn(v1);
+                }
+            }
+        }
+        return;
+    }
+
+    if (has_tile && r < M) {
+        float* out = a.partials + (static_cast<long long>(split) * M + r) * a.n_padded + tile * kTileN + 2 * t;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) *reinterpret_cast<float2*>(out + 8 * j) = make_float2(acc[j][0], acc[j][1]);
+    }
+    // Last-CTA-reduces: publish the partials, count this slice in; the CTA that completes the count sums all
+    // slices in slice order (bitwise deterministic whichever CTA it is) and clears the counter for the next launch.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned int before = atomicAdd(a.counters + blockIdx.x, 1u);
+        is_last_cta = before == static_cast<unsigned int>(a.splits - 1) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (is_last_cta == 0u) return;
+    __threadfence();
+    const int col = static_cast<int>(blockIdx.x) * kCtaN + static_cast<int>(threadIdx.x);
+    if (col < a.n) {
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            float sum = 0.0f;
+            const float* p = a.partials + static_cast<long long>(m) * a.n_padded + col;
+            for (int sp = 0; sp < a.splits; ++sp) sum += __ldcg(p + static_cast<long long>(sp) * M * a.n_padded);
+            if (a.residual != nullptr) sum += __half2float(a.residual[m * a.ldr + col]);
+            a.y[m * a.ldy + col] = __float2half_rn(sum);
+        }
+    }
+    if (threadIdx.x == 0) a.counters[blockIdx.x] = 0u;
+}
+
+//! One CTA: one 32-row k-block x 256 columns. Dequantizes through shared memory so that the output rows are
+//! written with coalesced stores at their original row (perm undone).
+__global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArgs a) {
+    __shared__ __half tile_rows[kBlockK][kCtaN + 8];
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int r = lane / 4;
+    const int t = lane % 4;
+    const int b = static_cast<int>(blockIdx.x);
+    const int tile = static_cast<int>(blockIdx.y) * kWarps + warp;
+    if (tile < a.tiles32) {
+        const uint4 q = load_streaming(a.qweight + (static_cast<long long>(tile) * a.k_blocks + b) * 32 + lane);
+        const int g = b / a.group_blocks;
+        const uint2 s = load_scales(a.scales, a.n_padded, g, tile, r);
+        const std::uint32_t z = load_zeros(a.zeros, a.n_padded, g, tile, r);
+        const std::uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const Int4Column col = int4_column((z >> (4 * j)) & 15u, j < 2 ? s.x : s.y, (j & 1) != 0);
+            std::uint32_t h[4];
+            int4_dequant_word(words[j], col, h);
+            const int c = warp * kTileN + 8 * j + r;
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {  // pair p holds rows 8p + 2t and 8p + 2t + 1
+                const __half2 v = as_half2(h[p]);
+                tile_rows[8 * p + 2 * t][c] = __low2half(v);
+                tile_rows[8 * p + 2 * t + 1][c] = __high2half(v);
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = static_cast<int>(threadIdx.x); i < kBlockK * kCtaN; i += kThreads) {
+        const int row = i / kCtaN;
+        const int c = i % kCtaN;
+        const int n = static_cast<int>(blockIdx.y) * kCtaN + c;
+        if (n < a.n) {
+            const int ks = b * kBlockK + row;
+            const long long ko = a.perm != nullptr ? __ldg(a.perm + ks) : ks;
+            a.w[ko * a.ldw + n] = tile_rows[row][c];
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Launch configuration
+
+bool is_aligned(const void* p, std::size_t to) { return reinterpret_cast<std::uintptr_t>(p) % to == 0; }
+
+bool ranges_overlap(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes) {
+    const auto a0 = reinterpret_cast<std::uintptr_t>(a);
+    const auto b0 = reinterpret_cast<std::uintptr_t>(b);
+    return a0 < b0 + b_bytes && b0 < a0 + a_bytes;
+}
+
+void check_weights(const GptqWeights& w, const char* what) {
+    Q4TP_CHECK(w.k > 0 && w.k % kBlockK == 0 && w.k <= (std::int64_t{1} << 30),
+               what << ": K = " << w.k << ", expected a positive multiple of " << kBlockK << " up to 2^30");
+    Q4TP_CHECK(w.n > 0 && w.n % 8 == 0 && w.n <= (std::int64_t{1} << 30),
+               what << ": N = " << w.n << ", expected a positive multiple of 8 up to 2^30");
+    Q4TP_CHECK(w.group_size > 0 && w.group_size % kBlockK == 0,
+               what << ": group_size = " << w.group_size << ", expected the effective size (K for -1), a multiple of "
+                    << kBlockK);
+    Q4TP_CHECK(w.qweight != nullptr && is_aligned(w.qweight, 16),
+               what << ": qweight " << static_cast<const void*>(w.qweight) << " must be non-null and 16-byte aligned");
+    Q4TP_CHECK(w.scales != nullptr && is_aligned(w.scales, 8),
+               what << ": scales " << static_cast<const void*>(w.scales) << " must be non-null and 8-byte aligned");
+    Q4TP_CHECK(w.zeros != nullptr && is_aligned(w.zeros, 4),
+               what << ": zeros " << static_cast<const void*>(w.zeros) << " must be non-null and 4-byte aligned");
+    Q4TP_CHECK(w.perm == nullptr || is_aligned(w.perm, 4),
+               what << ": perm " << static_cast<const void*>(w.perm) << " must be 4-byte aligned");
+}
+
+template <int M>
+void launch_gemv(const GemvArgs& args, const GptqGemvPlan& plan, cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned int>(plan.n_tiles), static_cast<unsigned int>(plan.splits));
+    gptq_gemv_kernel<M><<<grid, kThreads, static_cast<std::size_t>(plan.smem_bytes), stream>>>(args);
+    Q4TP_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// Launchers
+
+GptqGemvPlan gptq_gemv_plan(int m, std::int64_t k, std::int64_t n) {
+    Q4TP_CHECK(m >= 1 && m <= kGptqGemvMaxM, "gptq_gemv: m = " << m << ", expected 1.." << kGptqGemvMaxM);
+    Q4TP_CHECK(k > 0 && k % kBlockK == 0, "gptq_gemv: K = " << k << ", expected a positive multiple of " << kBlockK);
+    Q4TP_CHECK(n > 0 && n % 8 == 0, "gptq_gemv: N = " << n << ", expected a positive multiple of 8");
+    GptqGemvPlan plan;
+    const std::int64_t k_blocks = k / kBlockK;
+    plan.n_tiles = static_cast<int>(ceil_div(round_up(n, kTileN), kCtaN));
+    const std::int64_t total_iters = ceil_div(k_blocks, kBlocksInFlight);
+    const std::int64_t max_iters = std::max<std::int64_t>(1, kMaxStageBytes / (m * kBlocksInFlight * 64));
+    const std::int64_t splits0 = std::clamp<std::int64_t>(ceil_div(kTargetCtas, plan.n_tiles), 1, total_iters);
+    const std::int64_t iters = std::min(ceil_div(total_iters, splits0), max_iters);
+    plan.blocks_per_split = static_cast<int>(iters * kBlocksInFlight);
+    plan.splits = static_cast<int>(ceil_div(k_blocks, plan.blocks_per_split));
+    if (partial_bytes(plan, m, n) > kMaxPartialBytes) {
+        // Fewer, longer slices so the partials fit the fixed workspace (never for Llama shapes; see the notes).
+        const std::int64_t row_bytes = static_cast<std::int64_t>(m) * round_up(n, kTileN) * 4;
+        const std::int64_t max_splits = std::max<std::int64_t>(1, static_cast<std::int64_t>(kMaxPartialBytes) / row_bytes);
+        plan.blocks_per_split = static_cast<int>(round_up(ceil_div(k_blocks, max_splits), kBlocksInFlight));
+        plan.splits = static_cast<int>(ceil_div(k_blocks, plan.blocks_per_split));
+    }
+    plan.smem_bytes = m * stage_row_bytes(plan.blocks_per_split);
+    Q4TP_CHECK(plan.n_tiles <= kMaxTiles, "gptq_gemv: N = " << n << " needs " << plan.n_tiles
+                                                            << " column tiles, more than " << kMaxTiles);
+    Q4TP_CHECK(plan.smem_bytes <= kMaxSmemBytes && plan.splits <= 65535,
+               "gptq_gemv: m " << m << " K " << k << " N " << n << " needs " << plan.splits << " K-slices of "
+                               << plan.blocks_per_split * kBlockK << " rows (" << plan.smem_bytes
+                               << " bytes of shared memory), over the limits 65535 and " << kMaxSmemBytes);
+    return plan;
+}
+
+std::size_t gptq_gemv_workspace_bytes(int max_m, std::int64_t k, std::int64_t n) {
+    Q4TP_CHECK(max_m >= 1 && max_m <= kGptqGemvMaxM,
+               "gptq_gemv_workspace_bytes: max_m = " << max_m << ", expected 1.." << kGptqGemvMaxM);
+    std::size_t partials = 0;
+    for (int m = 1; m <= max_m; ++m) partials = std::max(partials, partial_bytes(gptq_gemv_plan(m, k, n), m, n));
+    return kCounterBytes + partials;
+}
+
+std::size_t gptq_gemv_workspace_bytes() { return kCounterBytes + kMaxPartialBytes; }
+
+void gptq_gemv_workspace_init(void* workspace, std::size_t bytes, cudaStream_t stream) {
+    Q4TP_CHECK(workspace != nullptr && bytes > 0, "gptq_gemv_workspace_init: workspace " << workspace << " of "
+                                                                                            << bytes << " bytes");
+    Q4TP_CUDA_CHECK(cudaMemsetAsync(workspace, 0, bytes, stream));
+}
+
+void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
+    const GptqWeights& w = p.weights;
+    check_weights(w, "gptq_gemv");
+    const GptqGemvPlan plan = gptq_gemv_plan(p.m, w.k, w.n);
+    const std::int64_t ldx = p.ldx == 0 ? w.k : p.ldx;
+    const std::int64_t ldy = p.ldy == 0 ? w.n : p.ldy;
+    const std::int64_t ldr = p.ldr == 0 ? w.n : p.ldr;
+    Q4TP_CHECK(p.x != nullptr && ldx >= w.k, "gptq_gemv: x " << static_cast<const void*>(p.x) << " with ldx "
+                                                             << p.ldx << ", expected non-null and ldx >= K = " << w.k);
+    Q4TP_CHECK(p.y != nullptr && ldy >= w.n, "gptq_gemv: y " << static_cast<const void*>(p.y) << " with ldy "
+                                                             << p.ldy << ", expected non-null and ldy >= N = " << w.n);
+    const std::size_t x_bytes = static_cast<std::size_t>((p.m - 1) * ldx + w.k) * sizeof(__half);
+    const std::size_t y_bytes = static_cast<std::size_t>((p.m - 1) * ldy + w.n) * sizeof(__half);
+    Q4TP_CHECK(!ranges_overlap(p.x, x_bytes, p.y, y_bytes),
+               "gptq_gemv: x and y overlap; every CTA reads x while others write y");
+    if (p.residual != nullptr) {
+        Q4TP_CHECK(ldr >= w.n, "gptq_gemv: residual ldr = " << p.ldr << ", expected >= N = " << w.n);
+        const std::size_t r_bytes = static_cast<std::size_t>((p.m - 1) * ldr + w.n) * sizeof(__half);
+        Q4TP_CHECK(!ranges_overlap(p.residual, r_bytes, p.y, y_bytes) || (p.residual == p.y && ldr == ldy),
+                   "gptq_gemv: residual overlaps y without being y itself with ldr == ldy");
+    }
+    const std::size_t need = kCounterBytes + partial_bytes(plan, p.m, w.n);
+    Q4TP_CHECK(p.workspace != nullptr && is_aligned(p.workspace, 16) && p.workspace_bytes >= need,
+               "gptq_gemv: workspace " << p.workspace << " of " << p.workspace_bytes << " bytes, expected 16-byte aligned "
+                                       << "and >= " << need << " (gptq_gemv_workspace_bytes(" << p.m << ", " << w.k
+                                       << ", " << w.n << "))");
+
+    GemvArgs args{};
+    args.qweight = reinterpret_cast<const uint4*>(w.qweight);
+    args.scales = reinterpret_cast<const uint2*>(w.scales);
+    args.zeros = w.zeros;
+    args.perm = w.perm;
+    args.x = p.x;
+    args.y = p.y;
+    args.residual = p.residual;
+    args.counters = static_cast<unsigned int*>(p.workspace);
+    args.partials = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
+    args.ldx = ldx;
+    args.ldy = ldy;
+    args.ldr = ldr;
+    args.n = static_cast<int>(w.n);
+    args.n_padded = static_cast<int>(round_up(w.n, kTileN));
+    args.k_blocks = static_cast<int>(w.k / kBlockK);
+    args.tiles32 = args.n_padded / kTileN;
+    args.group_blocks = static_cast<int>(std::min<std::int64_t>(w.group_size, w.k) / kBlockK);
+    args.blocks_per_split = plan.blocks_per_split;
+    args.splits = plan.splits;
+    args.stage_row_u4 = stage_row_bytes(plan.blocks_per_split) / 16;
+
+    switch (p.m) {
+        case 1: launch_gemv<1>(args, plan, stream); break;
+        case 2: launch_gemv<2>(args, plan, stream); break;
+        case 3: launch_gemv<3>(args, plan, stream); break;
+        case 4: launch_gemv<4>(args, plan, stream); break;
+        case 5: launch_gemv<5>(args, plan, stream); break;
+        case 6: launch_gemv<6>(args, plan, stream); break;
+        case 7: launch_gemv<7>(args, plan, stream); break;
+        case 8: launch_gemv<8>(args, plan, stream); break;
+        default: Q4TP_THROW("gptq_gemv: m = " << p.m << ", expected 1.." << kGptqGemvMaxM);
+    }
+}
+
+void gptq_dequantize(const GptqDequantParams& p, cudaStream_t stream) {
+    const GptqWeights& w = p.weights;
+    check_weights(w, "gptq_dequantize");
+    Q4TP_CHECK(p.w != nullptr && p.ldw >= w.n, "gptq_dequantize: output " << static_cast<const void*>(p.w)
+                                                                          << " with ldw " << p.ldw
+                                                                          << ", expected non-null and ldw >= N = " << w.n);
+    DequantArgs args{};
+    args.qweight = reinterpret_cast<const uint4*>(w.qweight);
+    args.scales = reinterpret_cast<const uint2*>(w.scales);
+    args.zeros = w.zeros;
+    args.perm = w.perm;
+    args.w = p.w;
+    args.ldw = p.ldw;
+    args.n = static_cast<int>(w.n);
+    args.n_padded = static_cast<int>(round_up(w.n, kTileN));
+    args.k_blocks = static_cast<int>(w.k / kBlockK);
+    args.tiles32 = args.n_padded / kTileN;
+    args.group_blocks = static_cast<int>(std::min<std::int64_t>(w.group_size, w.k) / kBlockK);
+    const std::int64_t n_tiles = ceil_div(args.n_padded, kCtaN);
+    Q4TP_CHECK(n_tiles <= 65535, "gptq_dequantize: N = " << w.n << " needs " << n_tiles << " column tiles, over 65535");
+    const dim3 grid(static_cast<unsigned int>(args.k_blocks), static_cast<unsigned int>(n_tiles));
+    gptq_dequant_kernel<<<grid, kThreads, 0, stream>>>(args);
+    Q4TP_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace q4tp::kernels::cuda

@@ -1,0 +1,74 @@
+//! Load-time preparation of one GPTQ 4-bit linear layer for the CUDA GEMV and dequantizer (gptq_gemv.h).
+//! Pure host code, run once per layer, unit-tested on the CPU.
+//!
+//! What it does, once, so that the decode kernel does no per-token host work and never branches on the format:
+//!  1. act-order: rows sorted by g_idx (stable argsort, docs/formats.md R3.2) so that sorted row j belongs to
+//!     group j / group_size; perm[j] = original row of sorted row j (the kernel reads x through it, R3.4);
+//!  2. zero points normalized to the effective z (v1: stored + 1, v2: stored, R2.8-R2.9);
+//!  3. codes re-arranged so that one 16-byte load of lane L gives exactly the B fragments of
+//!     mma.m16n8k16 (row.col) that lane needs for 4 n8-tiles x one 32-row k-block;
+//!  4. columns padded to a multiple of 32 with zero codes, zero points and scales (W = 0 there).
+//!
+//! Prepared layout (N_pad = roundup(N, 32), KB = K / 32 k-blocks, T = column tile of 32, L = lane, t = L % 4,
+//! r = L / 4, j = n8 tile inside T; column of (T, L, j) = 32 T + 8 j + r):
+//!
+//!   qweight [N_pad/32][KB][32 lanes][4 words]   word j of lane L in block b holds the 8 codes of column
+//!                                               32 T + 8 j + r at sorted rows 32 b + row(i), nibble i:
+//!       nibble i : 7       6       5      4      3       2       1      0
+//!       row(i)   : 2t+25   2t+17   2t+9   2t+1   2t+24   2t+16   2t+8   2t      (row(i) = 8 (i % 4) + 2t + i / 4)
+//!     so (w & 0x000F000F) is the fragment pair (2t, 2t+1), (w & 0x00F000F0) is (2t+8, 2t+9), and the same
+//!     masks on w >> 8 give (2t+16, 2t+17) and (2t+24, 2t+25): the b0/b1 registers of two k16 mma steps.
+//!   scales  [G][N_pad] fp16, inside each 32-column tile position 4 r + j holds column 8 j + r, so lane L reads
+//!           its 4 columns' scales with one 8-byte load;
+//!   zeros   [G][N_pad/8] uint32, effective z (0..15) as nibbles in the same position order as scales
+//!           (position p in word p / 8, nibble p % 8): lane L's 4 zero points are 16 bits of one word.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/base/model_config.h"
+#include "kernels/cuda/gptq_gemv.h"
+
+namespace q4tp::kernels::cuda {
+
+//! The GPTQ tensors of one layer exactly as stored in the checkpoint (docs/formats.md §2.2-2.5).
+struct GptqSource {
+    std::string name;                        //!< tensor prefix, for messages
+    std::int64_t k = 0;                      //!< in_features K, multiple of 32
+    std::int64_t n = 0;                      //!< out_features N, multiple of 8
+    std::int64_t group_size = -1;            //!< as configured: -1 means K; otherwise a multiple of 32
+    ZeroFormat zero_format = ZeroFormat::GptqV1;
+    std::span<const std::uint32_t> qweight;  //!< [K/8][N], row 8r in the low nibble (R2.4)
+    std::span<const std::uint32_t> qzeros;   //!< [G][N/8], stored zeros, column 8c in the low nibble (R2.5)
+    std::span<const std::uint16_t> scales;   //!< [G][N] fp16 bits
+    std::span<const std::int32_t> g_idx;     //!< [K] group of each original row; empty means k / group_size
+};
+
+//! A layer in the kernel's layout (see the file comment); upload the vectors unchanged.
+struct GptqPrepared {
+    std::int64_t k = 0;
+    std::int64_t n = 0;
+    std::int64_t n_padded = 0;              //!< roundup(N, 32)
+    std::int64_t group_size = 0;            //!< effective: K when configured as -1
+    std::int64_t num_groups = 0;            //!< G = ceil(K / group_size)
+    std::vector<std::uint32_t> qweight;     //!< [N_pad/32][K/32][32][4]
+    std::vector<std::uint16_t> scales;      //!< [G][N_pad] fp16 bits, tile-permuted
+    std::vector<std::uint32_t> zeros;       //!< [G][N_pad/8] effective zero points, tile-permuted
+    std::vector<std::int32_t> perm;         //!< [K] sorted row -> original row; empty when g_idx is sequential
+};
+
+//! Validates a layer (sizes, K % 32, N % 8, group size, g_idx range and group populations, R2.12 v1 nibble 0xF)
+//! and builds its prepared form. Throws q4tp::Error naming the tensor and the value at fault.
+GptqPrepared gptq_prepare(const GptqSource& source);
+
+//! The act-order permutation of R3.2: stable argsort of g_idx (sorted row j holds original row result[j]).
+std::vector<std::int32_t> gptq_sort_rows(std::span<const std::int32_t> g_idx, std::int64_t num_groups);
+
+//! Host inverse of the layout: W [K][N] in ORIGINAL row order, W = fp16(scale * (q - z)) as a float (R2.10-R2.11).
+//! What the CUDA dequantizer writes; used by tests to check the prepared buffers.
+std::vector<float> gptq_prepared_dequantize(const GptqPrepared& prepared);
+
+}  // namespace q4tp::kernels::cuda

@@ -1,0 +1,330 @@
+// CPU tests of the GEMV's load-time preparation and launch checks (label unit: no GPU needed, so CI runs them).
+// They live beside the GPU suite because they test the same layout the kernels read.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "core/base/error.h"
+#include "core/base/half.h"
+#include "kernels/cuda/gptq_gemv.h"
+#include "kernels/cuda/gptq_prepare.h"
+#include "tests/gpu/common/gpu_test_util.h"
+#include "tests/gpu/gptq/gptq_test_support.h"
+
+namespace q4tp {
+namespace {
+
+namespace kc = kernels::cuda;
+using gptq_test::LayerSpec;
+
+kc::GptqSource source_of(const gptq_test::GptqLayer& layer) {
+    kc::GptqSource s;
+    s.name = "model.layers.0.mlp.up_proj";
+    s.k = layer.spec.k;
+    s.n = layer.spec.n;
+    s.group_size = layer.spec.group_size;
+    s.zero_format = layer.spec.format;
+    s.qweight = layer.qweight;
+    s.qzeros = layer.qzeros;
+    s.scales = layer.scales;
+    s.g_idx = layer.g_idx;
+    return s;
+}
+
+// ---- the prepared layout holds exactly the reference weights -------------------------------------
+
+TEST(GptqPrepareTest, DequantizeMatchesReference_Sweep) {
+    std::mt19937_64 rng(test::test_seed());
+    const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {{32, 32}, {96, 8 * 37}, {256, 520}, {384, 64}};
+    int checked = 0;
+    for (const auto& [k, n] : shapes) {
+        for (const std::int64_t gs : {32, 64, 128, -1, 96}) {
+            for (const bool act : {false, true}) {
+                for (const ZeroFormat fmt : {ZeroFormat::GptqV1, ZeroFormat::GptqV2}) {
+                    for (const bool sym : {true, false}) {
+                        const LayerSpec spec{k, n, gs, fmt, act, sym};
+                        SCOPED_TRACE(spec.str());
+                        const auto layer = gptq_test::make_random_layer(spec, rng);
+                        const kc::GptqPrepared p = kc::gptq_prepare(source_of(layer));
+                        EXPECT_EQ(p.n_padded % 32, 0);
+                        EXPECT_GE(p.n_padded, n);
+                        const std::vector<float> got = kc::gptq_prepared_dequantize(p);
+                        const std::vector<float> want = gptq_test::reference_dequantize(layer);
+                        ASSERT_EQ(got.size(), want.size());
+                        std::size_t bad = 0;
+                        for (std::size_t i = 0; i < got.size(); ++i) bad += got[i] != want[i] ? 1 : 0;
+                        ASSERT_EQ(bad, 0u) << "first element: got " << got[0] << " want " << want[0];
+                        ++checked;
+                    }
+                }
+            }
+        }
+    }
+    EXPECT_EQ(checked, 4 * 5 * 8);
+}
+
+// ---- the bit layout the kernel hard-codes --------------------------------------------------------
+
+TEST(GptqPrepareTest, NibbleOrder_KnownWords) {
+    // Codes q[k][0] = k % 16, all other columns 0; sym v1 zeros, one group.
+    const std::int64_t k = 32, n = 32;
+    std::vector<std::uint32_t> qweight(static_cast<std::size_t>(k / 8 * n), 0u);
+    for (std::int64_t row = 0; row < k; ++row) {
+        qweight[static_cast<std::size_t>((row / 8) * n)] |= static_cast<std::uint32_t>(row % 16) << (4 * (row % 8));
+    }
+    EXPECT_EQ(qweight[0], 0x76543210u);  // formats.md §2.3 test vector
+    std::vector<std::uint32_t> qzeros(n / 8, 0x77777777u);
+    std::vector<std::uint16_t> scales(n, float_to_half(1.0f));
+    kc::GptqSource s;
+    s.k = k;
+    s.n = n;
+    s.group_size = 32;
+    s.qweight = qweight;
+    s.qzeros = qzeros;
+    s.scales = scales;
+    const kc::GptqPrepared p = kc::gptq_prepare(s);
+    ASSERT_EQ(p.qweight.size(), 128u);
+    // Lane 0 (t = 0), word 0 = column 0: nibbles i hold rows 8 (i % 4) + i / 4 = 0, 8, 16, 24, 1, 9, 17, 25,
+    // whose codes are 0, 8, 0, 8, 1, 9, 1, 9.
+    EXPECT_EQ(p.qweight[0], 0x91918080u);
+    // Lane 1 (t = 1), word 0: rows 2, 10, 18, 26, 3, 11, 19, 27 -> codes 2, 10, 2, 10, 3, 11, 3, 11.
+    EXPECT_EQ(p.qweight[4], 0xB3B3A2A2u);
+    // Lane 4 is column 1: all codes zero.
+    EXPECT_EQ(p.qweight[16], 0u);
+    EXPECT_TRUE(p.perm.empty());
+    // Zero points: v1 stored 7 -> effective 8 in every nibble; scales permuted but all equal.
+    for (const std::uint32_t z : p.zeros) {
+        EXPECT_EQ(z, 0x88888888u);
+    }
+}
+
+TEST(GptqPrepareTest, ScalesAndZeros_TilePermuted) {
+    // Column c of a 32-column tile lands at position 4 (c % 8) + c / 8.
+    const std::int64_t k = 32, n = 64;
+    std::vector<std::uint32_t> qweight(static_cast<std::size_t>(k / 8 * n), 0u);
+    std::vector<std::uint32_t> qzeros(n / 8, 0u);
+    std::vector<std::uint16_t> scales(n);
+    for (std::int64_t col = 0; col < n; ++col) {
+        scales[static_cast<std::size_t>(col)] = float_to_half(static_cast<float>(col + 1));
+        qzeros[static_cast<std::size_t>(col / 8)] |= static_cast<std::uint32_t>(col % 15) << (4 * (col % 8));
+    }
+    kc::GptqSource s;
+    s.k = k;
+    s.n = n;
+    s.group_size = -1;
+    s.zero_format = ZeroFormat::GptqV2;
+    s.qweight = qweight;
+    s.qzeros = qzeros;
+    s.scales = scales;
+    const kc::GptqPrepared p = kc::gptq_prepare(s);
+    for (std::int64_t col = 0; col < n; ++col) {
+        const std::int64_t pos = col / 32 * 32 + 4 * (col % 8) + (col % 32) / 8;
+        EXPECT_EQ(half_to_float(p.scales[static_cast<std::size_t>(pos)]), static_cast<float>(col + 1)) << col;
+        EXPECT_EQ((p.zeros[static_cast<std::size_t>(pos / 8)] >> (4 * (pos % 8))) & 15u,
+                  static_cast<std::uint32_t>(col % 15))
+            << col;
+    }
+}
+
+// ---- act-order ------------------------------------------------------------------------------------
+
+TEST(GptqPrepareTest, SortRows_StableArgsort) {
+    const std::vector<std::int32_t> g_idx = {2, 0, 1, 0, 2, 1, 0, 2};
+    const std::vector<std::int32_t> perm = kc::gptq_sort_rows(g_idx, 3);
+    EXPECT_EQ(perm, (std::vector<std::int32_t>{1, 3, 6, 2, 5, 0, 4, 7}));
+}
+
+TEST(GptqPrepareTest, Perm_GroupsBecomeContiguous_ActOrder) {
+    std::mt19937_64 rng(test::test_seed() + 1);
+    const LayerSpec spec{512, 64, 64, ZeroFormat::GptqV1, true, false};
+    const auto layer = gptq_test::make_random_layer(spec, rng);
+    const kc::GptqPrepared p = kc::gptq_prepare(source_of(layer));
+    ASSERT_EQ(p.perm.size(), 512u);
+    std::vector<std::int32_t> sorted = p.perm;
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t i = 0; i < sorted.size(); ++i) {
+        ASSERT_EQ(sorted[i], static_cast<std::int32_t>(i));
+    }
+    for (std::size_t j = 0; j < p.perm.size(); ++j) {
+        ASSERT_EQ(layer.g_idx[static_cast<std::size_t>(p.perm[j])], static_cast<std::int32_t>(j / 64)) << j;
+        if (j % 64 != 0) {
+            ASSERT_LT(p.perm[j - 1], p.perm[j]) << "not stable at " << j;
+        }
+    }
+}
+
+TEST(GptqPrepareTest, PermEmpty_SequentialGidx) {
+    std::mt19937_64 rng(test::test_seed() + 2);
+    auto layer = gptq_test::make_random_layer(LayerSpec{256, 32, 64, ZeroFormat::GptqV1, false, true}, rng);
+    EXPECT_TRUE(kc::gptq_prepare(source_of(layer)).perm.empty());
+    layer.g_idx.clear();  // an absent g_idx means k / group_size (R2.17)
+    EXPECT_TRUE(kc::gptq_prepare(source_of(layer)).perm.empty());
+}
+
+// ---- bad input is refused with a message naming the tensor ---------------------------------------
+
+void expect_error(const kc::GptqSource& s, const std::string& fragment) {
+    try {
+        (void)kc::gptq_prepare(s);
+        ADD_FAILURE() << "no error; expected one mentioning '" << fragment << "'";
+    } catch (const Error& e) {
+        EXPECT_NE(e.message().find(fragment), std::string::npos) << e.message();
+        EXPECT_NE(e.message().find("model.layers.0.mlp.up_proj"), std::string::npos) << e.message();
+    }
+}
+
+TEST(GptqPrepareTest, Throws_BadInput) {
+    std::mt19937_64 rng(test::test_seed() + 3);
+    const auto layer = gptq_test::make_random_layer(LayerSpec{128, 64, 32, ZeroFormat::GptqV1, true, false}, rng);
+    {
+        auto s = source_of(layer);
+        s.k = 120;
+        expect_error(s, "K = 120");
+    }
+    {
+        auto s = source_of(layer);
+        s.n = 60;
+        expect_error(s, "N = 60");
+    }
+    {
+        auto s = source_of(layer);
+        s.group_size = 48;
+        expect_error(s, "group_size 48");
+    }
+    {
+        auto s = source_of(layer);
+        s.qweight = s.qweight.subspan(1);
+        expect_error(s, "qweight holds");
+    }
+    {
+        auto s = source_of(layer);
+        s.scales = s.scales.subspan(0, s.scales.size() - 1);
+        expect_error(s, "scales holds");
+    }
+    {
+        auto g_idx = layer.g_idx;
+        g_idx[5] = 4;  // G = 4
+        auto s = source_of(layer);
+        s.g_idx = g_idx;
+        expect_error(s, "g_idx[5] = 4");
+    }
+    {
+        auto g_idx = layer.g_idx;
+        const auto it = std::find(g_idx.begin(), g_idx.end(), 1);
+        *it = 0;  // group 0 now holds 33 rows
+        auto s = source_of(layer);
+        s.g_idx = g_idx;
+        expect_error(s, "group 0 holds 33 rows");
+    }
+    {
+        auto qzeros = layer.qzeros;
+        qzeros[3] |= 0xF0u;  // column 25 of group 0 (v1): the ambiguous stored nibble 0xF
+        auto s = source_of(layer);
+        s.qzeros = qzeros;
+        expect_error(s, "0xF");
+    }
+}
+
+// ---- launch plan and launcher preconditions (checked before any CUDA call) ------------------------
+
+TEST(GptqGemvPlanTest, SlicesCoverK_AndFitWorkspace) {
+    const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {
+        {32, 32}, {96, 296}, {4096, 4096}, {4096, 12288}, {11008, 4096}, {4096, 22016}, {13824, 5120},
+        {8192, 57344}, {28672, 8192}, {8192, 1024}, {1 << 20, 32}};
+    for (const auto& [k, n] : shapes) {
+        for (int m = 1; m <= kc::kGptqGemvMaxM; ++m) {
+            const kc::GptqGemvPlan plan = kc::gptq_gemv_plan(m, k, n);
+            SCOPED_TRACE("m=" + std::to_string(m) + " K=" + std::to_string(k) + " N=" + std::to_string(n));
+            EXPECT_EQ(plan.n_tiles, (n + 255) / 256);
+            EXPECT_EQ(plan.blocks_per_split % 8, 0);
+            EXPECT_GE(static_cast<std::int64_t>(plan.splits) * plan.blocks_per_split * 32, k);
+            EXPECT_LT(static_cast<std::int64_t>(plan.splits - 1) * plan.blocks_per_split * 32, k);
+            EXPECT_LE(plan.smem_bytes, 48 * 1024);
+            const std::size_t partials =
+                plan.splits > 1 ? static_cast<std::size_t>(plan.splits) * m * ((n + 31) / 32 * 32) * 4 : 0;
+            EXPECT_LE(partials, kc::gptq_gemv_workspace_bytes(m, k, n));
+            EXPECT_LE(kc::gptq_gemv_workspace_bytes(m, k, n), kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, k, n));
+            EXPECT_LE(kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, k, n), kc::gptq_gemv_workspace_bytes());
+        }
+    }
+    // A small-N layer is split along K so that the GPU has enough CTAs.
+    EXPECT_GT(kc::gptq_gemv_plan(1, 4096, 4096).splits, 1);
+}
+
+TEST(GptqGemvArgsTest, Throws_BadArguments) {
+    // Fake but aligned device addresses: every check below fires before anything touches the GPU.
+    alignas(16) static std::uint32_t words[64];
+    alignas(16) static std::uint16_t halves[16384];
+    kc::GptqGemvParams good;
+    good.weights.qweight = words;
+    good.weights.scales = reinterpret_cast<const __half*>(halves);
+    good.weights.zeros = words;
+    good.weights.k = 4096;
+    good.weights.n = 4096;
+    good.weights.group_size = 128;
+    good.m = 1;
+    good.x = reinterpret_cast<const __half*>(halves);
+    good.y = reinterpret_cast<__half*>(halves + 8192);  // after x's 4096 halves, never dereferenced
+    good.workspace = words;
+    good.workspace_bytes = 0;  // too small: the last check, so each case below fails earlier for its own reason
+
+    const auto expect_throw = [](kc::GptqGemvParams p, const std::string& fragment) {
+        try {
+            kc::gptq_gemv(p, nullptr);
+            ADD_FAILURE() << "no error; expected '" << fragment << "'";
+        } catch (const Error& e) {
+            EXPECT_NE(e.message().find(fragment), std::string::npos) << e.message();
+        }
+    };
+    expect_throw(good, "workspace");
+    auto p = good;
+    p.m = 0;
+    expect_throw(p, "m = 0");
+    p.m = 9;
+    expect_throw(p, "m = 9");
+    p = good;
+    p.weights.k = 4008;
+    expect_throw(p, "K = 4008");
+    p = good;
+    p.weights.n = 4092;
+    expect_throw(p, "N = 4092");
+    p = good;
+    p.weights.group_size = -1;
+    expect_throw(p, "group_size = -1");
+    p = good;
+    p.weights.qweight = words + 1;
+    expect_throw(p, "16-byte aligned");
+    p = good;
+    p.weights.scales = reinterpret_cast<const __half*>(halves + 1);
+    expect_throw(p, "8-byte aligned");
+    p = good;
+    p.x = nullptr;
+    expect_throw(p, "x ");
+    p = good;
+    p.ldy = 100;
+    expect_throw(p, "ldy");
+    p = good;
+    p.y = const_cast<__half*>(p.x) + 10;
+    expect_throw(p, "overlap");
+    p = good;
+    p.workspace = reinterpret_cast<char*>(words) + 4;
+    p.workspace_bytes = kc::gptq_gemv_workspace_bytes();
+    expect_throw(p, "16-byte aligned");
+
+    kc::GptqDequantParams d;
+    d.weights = good.weights;
+    d.w = nullptr;
+    d.ldw = 4096;
+    try {
+        kc::gptq_dequantize(d, nullptr);
+        ADD_FAILURE() << "no error for a null output";
+    } catch (const Error& e) {
+        EXPECT_NE(e.message().find("output"), std::string::npos) << e.message();
+    }
+}
+
+}  // namespace
+}  // namespace q4tp
