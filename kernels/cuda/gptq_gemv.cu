@@ -143,25 +143,30 @@ __global__ void __launch_bounds__(kThreads) gptq_gemv_kernel(const GemvArgs a) {
     const int blk0 = split * a.blocks_per_split;
     const int nblk = min(a.k_blocks - blk0, a.blocks_per_split);
 
-    // Weight, scale and zero loads for the next block to fetch; g/in_group follow that block.
+    // Weight, scale and zero loads for the next block to fetch; fetch_group/fetch_in_group follow that block.
+    // Every load is predicated (no branch), so all 8 slots stay in flight (see load_streaming_if).
     const uint4* wptr = a.qweight + (static_cast<long long>(tile) * a.k_blocks + blk0) * 32 + lane;
+    const uint2* sptr = a.scales + tile * 8 + r;
+    const std::uint32_t* zptr = a.zeros + tile * 4 + r / 2;
+    const long long s_stride = a.n_padded / 4;  // one group of scales, in uint2
+    const long long z_stride = a.n_padded / 8;  // one group of zero words
     int fetch_group = blk0 / a.group_blocks;
     int fetch_in_group = blk0 - fetch_group * a.group_blocks;
     uint4 wq[kBlocksInFlight];
     uint2 sc[kBlocksInFlight];
-    std::uint32_t zw[kBlocksInFlight];
-    if (has_tile) {
+    std::uint32_t zw[kBlocksInFlight];  // raw word: lane row r's 4 zero points are its half 16 (r & 1)
 #pragma unroll
-        for (int u = 0; u < kBlocksInFlight; ++u) {
-            if (u < nblk) {
-                wq[u] = load_streaming(wptr + u * 32);
-                sc[u] = load_scales(a.scales, a.n_padded, fetch_group, tile, r);
-                zw[u] = load_zeros(a.zeros, a.n_padded, fetch_group, tile, r);
-            }
-            if (++fetch_in_group == a.group_blocks) {
-                fetch_in_group = 0;
-                ++fetch_group;
-            }
+    for (int u = 0; u < kBlocksInFlight; ++u) {
+        wq[u] = make_uint4(0u, 0u, 0u, 0u);
+        sc[u] = make_uint2(0u, 0u);
+        zw[u] = 0u;
+        const bool pred = has_tile && u < nblk;
+        load_streaming_if(wq[u], wptr + u * 32, pred);
+        load_if(sc[u], sptr + fetch_group * s_stride, pred);
+        load_if(zw[u], zptr + fetch_group * z_stride, pred);
+        if (++fetch_in_group == a.group_blocks) {
+            fetch_in_group = 0;
+            ++fetch_group;
         }
     }
 
@@ -189,17 +194,7 @@ __global__ void __launch_bounds__(kThreads) gptq_gemv_kernel(const GemvArgs a) {
                     if (r < M) xa = stage[r * a.stage_row_u4 + b * 4 + t];
                     const std::uint32_t words[4] = {wq[u].x, wq[u].y, wq[u].z, wq[u].w};
                     const uint2 s = sc[u];
-                    const std::uint32_t z = zw[u];
-                    // Refill this slot at once: the loads of the next 8 blocks stay in flight while we compute.
-                    if (b + kBlocksInFlight < nblk) {
-                        wq[u] = load_streaming(wptr + (b + kBlocksInFlight) * 32);
-                        sc[u] = load_scales(a.scales, a.n_padded, fetch_group, tile, r);
-                        zw[u] = load_zeros(a.zeros, a.n_padded, fetch_group, tile, r);
-                        if (++fetch_in_group == a.group_blocks) {
-                            fetch_in_group = 0;
-                            ++fetch_group;
-                        }
-                    }
+                    const std::uint32_t z = zw[u] >> (16 * (r & 1));
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
                         const Int4Column col = int4_column((z >> (4 * j)) & 15u, j < 2 ? s.x : s.y, (j & 1) != 0);
@@ -208,6 +203,15 @@ __global__ void __launch_bounds__(kThreads) gptq_gemv_kernel(const GemvArgs a) {
                         mma_m16n8k16_rows8(acc[j], xa.x, xa.y, bfrag[0], bfrag[1]);
                         mma_m16n8k16_rows8(acc[j], xa.z, xa.w, bfrag[2], bfrag[3]);
                     }
+                }
+                // Refill this slot with block b + 8 so that 8 loads stay in flight while the others are consumed.
+                const bool pred = b + kBlocksInFlight < nblk;
+                load_streaming_if(wq[u], wptr + (b + kBlocksInFlight) * 32, pred);
+                load_if(sc[u], sptr + fetch_group * s_stride, pred);
+                load_if(zw[u], zptr + fetch_group * z_stride, pred);
+                if (++fetch_in_group == a.group_blocks) {
+                    fetch_in_group = 0;
+                    ++fetch_group;
                 }
             }
         }

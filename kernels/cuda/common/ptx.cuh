@@ -18,6 +18,27 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* ptr) {
     return v;
 }
 
+//! Predicated loads into registers that keep their value when `pred` is false. Written as one predicated PTX
+//! instruction, not a branch: a load inside an `if` makes the compiler land it in a temporary and move it to its
+//! destination after the merge, and that move waits for the load, so only one such load is ever in flight.
+__device__ __forceinline__ void load_streaming_if(uint4& v, const uint4* ptr, bool pred) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+        " @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"
+        : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
+        : "l"(ptr), "r"(static_cast<int>(pred)));
+}
+__device__ __forceinline__ void load_if(uint2& v, const uint2* ptr, bool pred) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n @p ld.global.nc.v2.u32 {%0, %1}, [%2];\n}\n"
+                 : "+r"(v.x), "+r"(v.y)
+                 : "l"(ptr), "r"(static_cast<int>(pred)));
+}
+__device__ __forceinline__ void load_if(std::uint32_t& v, const std::uint32_t* ptr, bool pred) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p ld.global.nc.u32 %0, [%1];\n}\n"
+                 : "+r"(v)
+                 : "l"(ptr), "r"(static_cast<int>(pred)));
+}
+
 __device__ __forceinline__ __half2 as_half2(std::uint32_t bits) {
     __half2 h;
     std::memcpy(&h, &bits, sizeof(h));
