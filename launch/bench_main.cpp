@@ -19,14 +19,13 @@
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
 #include "core/base/logging.h"
-#include "core/model/cpu_ops.h"
-#include "core/model/cuda_ops.h"
 #include "core/model/llama_model.h"
 #include "core/model/presets.h"
 #include "core/model/sampling.h"
 #include "core/model/weight_source.h"
 #include "kernels/cuda/device_info.h"
 #include "launch/cli.h"
+#include "launch/job.h"
 #include "launch/tool_main.h"
 #include "loaders/checkpoint.h"
 #include "loaders/config_json.h"
@@ -104,16 +103,14 @@ int bench(int argc, char** argv) {
                          " prompt tokens plus " + std::to_string(gen_tokens) + " generated");
     }
 
-    const bool use_cuda = device == "cuda" || (device == "auto" && kernels::cuda::device_count() > 0);
-    if (device != "auto" && device != "cpu" && device != "cuda") throw UsageError("--device must be auto, cpu or cuda");
-    std::unique_ptr<model::Ops> ops;
+    Job job;
+    std::unique_ptr<model::Ops> ops = job.make_backend(parse_device(device));
+    const bool use_cuda = ops->device() == Device::Cuda;
     std::string card = "cpu";
     if (use_cuda) {
-        Q4TP_CHECK(kernels::cuda::device_count() > 0, "--device cuda: no CUDA device is visible");
-        ops = std::make_unique<model::CudaOps>();
-        card = kernels::cuda::device_info(0).name;
-    } else {
-        ops = std::make_unique<model::CpuOps>();
+        int current = 0;
+        Q4TP_CUDA_CHECK(cudaGetDevice(&current));
+        card = kernels::cuda::device_info(current).name;
     }
 
     ModelConfig config;
@@ -136,7 +133,7 @@ int bench(int argc, char** argv) {
 
     BenchResult r;
     auto start = Clock::now();
-    model::LlamaModel llama(config, *weights, *ops, runtime);
+    model::LlamaModel llama(config, quant, *weights, *ops, runtime, job.parallel());
     ops->synchronize();
     r.load_s = seconds_since(start);
     r.weights_gb = static_cast<double>(llama.weight_bytes()) / 1e9;
@@ -167,11 +164,13 @@ int bench(int argc, char** argv) {
     r.best_gbps = r.best_tps * static_cast<double>(llama.decode_bytes_per_token(4 + gen_tokens / 2)) / 1e9;
     r.worst_gbps = r.worst_tps * static_cast<double>(llama.decode_bytes_per_token(prompt_tokens + gen_tokens / 2)) / 1e9;
 
+    if (!job.is_root()) return 0;
     // Roofline references (docs/performance.md): H100 SXM spec 3.35 TB/s; measured device copy 3.02 TB/s.
     constexpr double kSpecGbps = 3350.0, kCopyGbps = 3020.0;
     const std::string name = synthetic.empty() ? model_dir : synthetic + (act_order ? " act-order" : "");
     std::cout << std::fixed << std::setprecision(1);
-    std::cout << "device: " << card << "\nmodel: " << name << " (" << r.weights_gb << " GB weights, load "
+    std::cout << "device: " << card << (job.size() > 1 ? " x " + std::to_string(job.size()) + " (tensor parallel)" : "")
+              << "\nmodel: " << name << " (" << r.weights_gb << " GB weights, load "
               << std::setprecision(2) << r.load_s << " s)\n"
               << std::setprecision(1);
     std::cout << "| measure | tokens/s | GB/s | of 3.35 TB/s | of 3.02 TB/s copy |\n|---|---|---|---|---|\n";
@@ -189,7 +188,7 @@ int bench(int argc, char** argv) {
         std::ofstream json(json_path, std::ios::app);
         Q4TP_CHECK(json, "cannot write " << json_path);
         json << std::fixed << std::setprecision(3) << "{\"model\":\"" << name << "\",\"device\":\"" << card
-             << "\",\"tp\":1,\"prompt_tokens\":" << prompt_tokens << ",\"gen_tokens\":" << gen_tokens
+             << "\",\"tp\":" << job.size() << ",\"prompt_tokens\":" << prompt_tokens << ",\"gen_tokens\":" << gen_tokens
              << ",\"prompt_tps\":" << r.prompt_tps << ",\"best_tps\":" << r.best_tps << ",\"worst_tps\":" << r.worst_tps
              << ",\"best_gbps\":" << r.best_gbps << ",\"worst_gbps\":" << r.worst_gbps
              << ",\"weights_gb\":" << r.weights_gb << ",\"kv_gb\":" << r.kv_gb << ",\"device_used_gb\":"

@@ -100,7 +100,10 @@ int generate(int argc, char** argv) {
 
     session.model_dir = model_dir;
     session.device = parse_device(device);
-    ModelSession run(session);
+    Job job;
+    ModelSession run(session, job);
+    // Every rank runs the same generation (same logits, same seeded sampler); rank 0 prints it.
+    const bool print = job.is_root();
 
     const std::vector<std::int32_t> prompt_ids = run.tokenizer().encode(prompt, !no_bos);
     if (prompt_ids.empty()) throw UsageError("the prompt encodes to no tokens (empty prompt with --no-bos)");
@@ -117,17 +120,19 @@ int generate(int argc, char** argv) {
         logits_rows.insert(logits_rows.end(), row.begin(), row.end());
     };
 
-    if (!no_display_prompt) {
+    if (print && !no_display_prompt) {
         std::fputs(prompt.c_str(), stdout);
         std::fflush(stdout);
     }
     const model::GenerationResult result = model::generate(
         run.model(), run.tokenizer(), prompt_ids, generation,
-        [](std::string_view text) {
+        [print](std::string_view text) {
+            if (!print) return;
             std::fwrite(text.data(), 1, text.size(), stdout);
             std::fflush(stdout);
         },
         logits_out.empty() ? nullptr : &record);
+    if (!print) return 0;
     std::fputs("\n", stdout);
     std::fflush(stdout);
 

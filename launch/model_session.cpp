@@ -4,40 +4,13 @@
 
 #include "core/base/error.h"
 #include "core/base/logging.h"
-#include "core/model/cpu_ops.h"
-#include "core/model/cuda_ops.h"
-#include "kernels/cuda/device_info.h"
 #include "launch/cli.h"
 #include "loaders/config_json.h"
 #include "loaders/quant_config.h"
 
 namespace q4tp::launch {
 
-DeviceChoice parse_device(const std::string& text) {
-    if (text == "auto") return DeviceChoice::Auto;
-    if (text == "cpu") return DeviceChoice::Cpu;
-    if (text == "cuda") return DeviceChoice::Cuda;
-    throw UsageError("--device must be auto, cpu or cuda, got '" + text + "'");
-}
-
-namespace {
-
-std::unique_ptr<model::Ops> make_backend(DeviceChoice choice) {
-    switch (choice) {
-        case DeviceChoice::Cuda:
-            Q4TP_CHECK(kernels::cuda::device_count() > 0, "--device cuda: no CUDA device is visible");
-            return std::make_unique<model::CudaOps>();
-        case DeviceChoice::Auto:
-            if (kernels::cuda::device_count() > 0) return std::make_unique<model::CudaOps>();
-            return std::make_unique<model::CpuOps>();
-        case DeviceChoice::Cpu: return std::make_unique<model::CpuOps>();
-    }
-    Q4TP_THROW("unknown device choice");
-}
-
-}  // namespace
-
-ModelSession::ModelSession(const SessionOptions& options) {
+ModelSession::ModelSession(const SessionOptions& options, Job& job) {
     const std::filesystem::path& dir = options.model_dir;
     Q4TP_CHECK(std::filesystem::is_directory(dir), "model directory '" << dir.string() << "' does not exist");
     config_ = loaders::load_model_config(dir / "config.json");
@@ -56,11 +29,13 @@ ModelSession::ModelSession(const SessionOptions& options) {
         options.context > 0 ? options.context : std::min<std::int64_t>(config_.max_position_embeddings, 4096);
     runtime.max_batch_tokens = options.batch_tokens;
     Q4TP_CHECK(runtime.max_batch_tokens > 0, "--batch-tokens must be positive, got " << runtime.max_batch_tokens);
-    ops_ = make_backend(options.device);
+    ops_ = job.make_backend(options.device);
     Q4TP_LOG_INFO("loading " << dir.string() << " (" << checkpoint.source() << ") on " << ops_->name()
-                             << ", context " << runtime.max_context << " tokens");
+                             << ", context " << runtime.max_context << " tokens"
+                             << (job.size() > 1 ? ", tensor-parallel over " + std::to_string(job.size()) + " ranks"
+                                                : std::string()));
     model::CheckpointWeights weights(checkpoint, quant_);
-    model_ = std::make_unique<model::LlamaModel>(config_, weights, *ops_, runtime);
+    model_ = std::make_unique<model::LlamaModel>(config_, quant_, weights, *ops_, runtime, job.parallel());
 }
 
 ModelSession::~ModelSession() = default;

@@ -11,13 +11,10 @@
 #include "core/model/llama_model.h"
 #include "core/model/ops.h"
 #include "loaders/checkpoint.h"
+#include "launch/job.h"
 #include "loaders/tokenizer.h"
 
 namespace q4tp::launch {
-
-enum class DeviceChoice { Auto, Cpu, Cuda };
-//! Parses "auto", "cpu" or "cuda" (the --device option); throws UsageError otherwise.
-DeviceChoice parse_device(const std::string& text);
 
 struct SessionOptions {
     std::filesystem::path model_dir;
@@ -28,7 +25,8 @@ struct SessionOptions {
 
 class ModelSession {
 public:
-    explicit ModelSession(const SessionOptions& options);
+    //! Loads the model for this process's rank of the job (the whole model at size 1).
+    ModelSession(const SessionOptions& options, Job& job);
     ~ModelSession();
 
     const ModelConfig& config() const { return config_; }

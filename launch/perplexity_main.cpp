@@ -47,7 +47,8 @@ int perplexity(int argc, char** argv) {
     session.device = parse_device(device);
     session.context = config.window;
     if (session.batch_tokens < config.window) session.batch_tokens = config.window;
-    ModelSession run(session);
+    Job job;
+    ModelSession run(session, job);
     config.add_bos = add_bos;
     config.bos_id = static_cast<std::int32_t>(run.tokenizer().bos_id());
     const std::vector<std::int32_t> tokens = run.tokenizer().encode(text.str(), false);
@@ -57,6 +58,7 @@ int perplexity(int argc, char** argv) {
         run.model(), tokens, config, [](std::int64_t done, std::int64_t total) {
             if (done % 8 == 0 || done == total) Q4TP_LOG_INFO("window " << done << "/" << total);
         });
+    if (!job.is_root()) return 0;
     std::printf("perplexity: %.4f over %lld tokens (nll sum %.4f, window %lld, stride %lld%s)\n", result.perplexity(),
                 static_cast<long long>(result.scored_tokens), result.nll_sum, static_cast<long long>(config.window),
                 static_cast<long long>(config.stride), add_bos ? ", BOS per window" : "");

@@ -7,6 +7,7 @@
 #include "core/base/error.h"
 #include "core/base/logging.h"
 #include "launch/cli.h"
+#include "launch/job.h"
 
 namespace q4tp::launch {
 
@@ -17,6 +18,8 @@ int run_tool(const char* tool, int argc, char** argv, const std::function<int(in
         std::fprintf(stderr, "%s: %s\n", tool, e.what());
         return 2;
     } catch (const Error& e) {
+        // Under mpirun one failing rank must end every rank (parallel/failure.h); fail() returns at size 1.
+        if (Job* job = Job::current()) job->fail(e);
         // The message names the file, tensor or value at fault; the source location is for bug reports
         // and shows with --log-level debug.
         std::fprintf(stderr, "%s: error: %s\n", tool, e.message().c_str());
@@ -26,6 +29,7 @@ int run_tool(const char* tool, int argc, char** argv, const std::function<int(in
         std::fprintf(stderr, "%s: error: out of host memory\n", tool);
         return 1;
     } catch (const std::exception& e) {
+        if (Job* job = Job::current()) job->fail(e);
         std::fprintf(stderr, "%s: error: %s\n", tool, e.what());
         return 1;
     }

@@ -26,6 +26,7 @@ public:
     Device device() const override { return Device::Cuda; }
     DType activation_dtype() const override { return DType::F16; }
     const char* name() const override { return name_.c_str(); }
+    cudaStream_t stream_handle() const override { return stream_.get(); }
 
     TensorView allocate(DType dtype, const Shape& shape) override;
     void upload(const void* src, DType src_dtype, TensorView dst) override;

@@ -8,6 +8,7 @@
 #include "core/base/error.h"
 #include "core/base/logging.h"
 #include "kernels/cpu/rope.h"
+#include "parallel/communicator.h"
 
 namespace q4tp::model {
 
@@ -38,7 +39,9 @@ struct LlamaModel::Workspace {
     TensorView gate;       //!< [M][I]
     TensorView up;         //!< [M][I]
     TensorView act;        //!< [M][I]
-    TensorView logits;     //!< F32 [M][V]
+    TensorView logits;     //!< F32 [M][V_padded] this rank's vocabulary slice
+    TensorView gathered;   //!< F32 [size][M][V_padded] every rank's slice (size > 1 only)
+    std::vector<float> host_gathered;  //!< [size][M][V_padded] reordered into [M][V] on the host
     std::vector<std::int32_t> host_positions;  //!< [M]
 };
 
@@ -61,40 +64,70 @@ void validate_config(const ModelConfig& c) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelConfig& config, WeightSource& weights, Ops& ops, const RuntimeConfig& runtime)
+namespace {
+// The split of layer 0's projections fixes every layer's local dimensions (all layers have one shape).
+loaders::SplitPlan plan_of(loaders::LinearRole role, const std::string& name, const ModelConfig& config,
+                           const QuantConfig& quant, const ParallelContext& par) {
+    return loaders::plan_split(name, role, config, quant, par.rank, par.size);
+}
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, WeightSource& weights, Ops& ops,
+                       const RuntimeConfig& runtime, const ParallelContext& parallel)
     : config_(config),
       ops_(ops),
       runtime_(runtime),
-      cache_(ops, config.num_hidden_layers, config.num_key_value_heads, config.head_dim, runtime.max_context) {
+      parallel_(parallel),
+      heads_local_(plan_of(loaders::LinearRole::QueryProj, "model.layers.0.self_attn.q_proj", config, quant, parallel)
+                       .heads.size()),
+      kv_heads_local_(plan_of(loaders::LinearRole::KeyProj, "model.layers.0.self_attn.k_proj", config, quant,
+                              parallel)
+                          .heads.size()),
+      ffn_local_(plan_of(loaders::LinearRole::GateProj, "model.layers.0.mlp.gate_proj", config, quant, parallel)
+                     .range.size()),
+      cache_(ops, config.num_hidden_layers, kv_heads_local_, config.head_dim, runtime.max_context) {
     validate_config(config_);
     Q4TP_CHECK(runtime.max_batch_tokens > 0, "max_batch_tokens must be positive");
-    load_weights(weights);
+    Q4TP_CHECK(parallel_.size == 1 || parallel_.comm != nullptr, "tensor parallelism over " << parallel_.size
+                                                                                           << " ranks needs a communicator");
+    const loaders::IndexRange vocab = loaders::vocab_range("lm_head.weight", config_.vocab_size, parallel_.rank,
+                                                           parallel_.size);
+    vocab_local_ = vocab.size();
+    // Equal slices keep the all-gathered logits a plain [size][rows][V / size] block.
+    Q4TP_CHECK(config_.vocab_size % parallel_.size == 0,
+               "vocab_size " << config_.vocab_size << " does not split evenly over " << parallel_.size << " ranks");
+    vocab_padded_ = (config_.vocab_size + parallel_.size - 1) / parallel_.size;
+    load_weights(weights, quant);
 
     const std::int64_t m = runtime_.max_batch_tokens;
+    const std::int64_t d = config_.head_dim;
     const DType act = ops_.activation_dtype();
     ws_ = std::make_unique<Workspace>();
     ws_->ids = ops_.allocate(DType::I32, Shape{m});
     ws_->positions = ops_.allocate(DType::I32, Shape{m});
     ws_->x = ops_.allocate(act, Shape{m, config_.hidden_size});
     ws_->h = ops_.allocate(act, Shape{m, config_.hidden_size});
-    ws_->q = ops_.allocate(act, Shape{m, config_.q_dim()});
-    ws_->k = ops_.allocate(act, Shape{m, config_.kv_dim()});
-    ws_->v = ops_.allocate(act, Shape{m, config_.kv_dim()});
-    ws_->attn = ops_.allocate(act, Shape{m, config_.q_dim()});
+    ws_->q = ops_.allocate(act, Shape{m, heads_local_ * d});
+    ws_->k = ops_.allocate(act, Shape{m, kv_heads_local_ * d});
+    ws_->v = ops_.allocate(act, Shape{m, kv_heads_local_ * d});
+    ws_->attn = ops_.allocate(act, Shape{m, heads_local_ * d});
     ws_->proj = ops_.allocate(act, Shape{m, config_.hidden_size});
-    ws_->gate = ops_.allocate(act, Shape{m, config_.intermediate_size});
-    ws_->up = ops_.allocate(act, Shape{m, config_.intermediate_size});
-    ws_->act = ops_.allocate(act, Shape{m, config_.intermediate_size});
-    ws_->logits = ops_.allocate(DType::F32, Shape{m, config_.vocab_size});
+    ws_->gate = ops_.allocate(act, Shape{m, ffn_local_});
+    ws_->up = ops_.allocate(act, Shape{m, ffn_local_});
+    ws_->act = ops_.allocate(act, Shape{m, ffn_local_});
+    ws_->logits = ops_.allocate(DType::F32, Shape{m, vocab_padded_});
+    if (parallel_.size > 1) {
+        ws_->gathered = ops_.allocate(DType::F32, Shape{parallel_.size, m, vocab_padded_});
+        ws_->host_gathered.resize(static_cast<std::size_t>(parallel_.size * m * vocab_padded_));
+    }
     ws_->host_positions.resize(static_cast<std::size_t>(m));
-    ops_.plan_attention(AttentionPlan{m, config_.num_attention_heads, config_.num_key_value_heads, config_.head_dim,
-                                      cache_.capacity()});
+    ops_.plan_attention(AttentionPlan{m, heads_local_, kv_heads_local_, d, cache_.capacity()});
     rope_for(0);
 }
 
 LlamaModel::~LlamaModel() = default;
 
-void LlamaModel::load_weights(WeightSource& weights) {
+void LlamaModel::load_weights(WeightSource& weights, const QuantConfig& quant) {
     const auto started = std::chrono::steady_clock::now();
     const std::int64_t hidden = config_.hidden_size;
     auto load_dense = [&](const std::string& name, const Shape& shape) {
@@ -102,11 +135,13 @@ void LlamaModel::load_weights(WeightSource& weights) {
         weight_bytes_ += view.bytes();
         return view;
     };
-    auto load_linear = [&](const std::string& name, std::int64_t k, std::int64_t n) {
-        auto linear = weights.linear(name, k, n, ops_);
+    auto load_linear = [&](const std::string& name, loaders::LinearRole role) {
+        const loaders::SplitPlan plan = loaders::plan_split(name, role, config_, quant, parallel_.rank, parallel_.size);
+        auto linear = weights.linear(name, plan, ops_);
         weight_bytes_ += linear->bytes();
         return linear;
     };
+    using Role = loaders::LinearRole;
 
     embed_tokens_ = load_dense("model.embed_tokens.weight", Shape{config_.vocab_size, hidden});
     const std::int64_t layers = config_.num_hidden_layers;
@@ -117,13 +152,13 @@ void LlamaModel::load_weights(WeightSource& weights) {
         Layer& layer = layers_[static_cast<std::size_t>(i)];
         layer.input_norm = load_dense(p + "input_layernorm.weight", Shape{hidden});
         layer.post_norm = load_dense(p + "post_attention_layernorm.weight", Shape{hidden});
-        layer.q_proj = load_linear(p + "self_attn.q_proj", hidden, config_.q_dim());
-        layer.k_proj = load_linear(p + "self_attn.k_proj", hidden, config_.kv_dim());
-        layer.v_proj = load_linear(p + "self_attn.v_proj", hidden, config_.kv_dim());
-        layer.o_proj = load_linear(p + "self_attn.o_proj", config_.q_dim(), hidden);
-        layer.gate_proj = load_linear(p + "mlp.gate_proj", hidden, config_.intermediate_size);
-        layer.up_proj = load_linear(p + "mlp.up_proj", hidden, config_.intermediate_size);
-        layer.down_proj = load_linear(p + "mlp.down_proj", config_.intermediate_size, hidden);
+        layer.q_proj = load_linear(p + "self_attn.q_proj", Role::QueryProj);
+        layer.k_proj = load_linear(p + "self_attn.k_proj", Role::KeyProj);
+        layer.v_proj = load_linear(p + "self_attn.v_proj", Role::ValueProj);
+        layer.o_proj = load_linear(p + "self_attn.o_proj", Role::OutputProj);
+        layer.gate_proj = load_linear(p + "mlp.gate_proj", Role::GateProj);
+        layer.up_proj = load_linear(p + "mlp.up_proj", Role::UpProj);
+        layer.down_proj = load_linear(p + "mlp.down_proj", Role::DownProj);
         // A progress line at most every two seconds: a 70B checkpoint takes a while, a tiny one should not chatter.
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         if (seconds >= next_report_s && i + 1 < layers) {
@@ -133,12 +168,17 @@ void LlamaModel::load_weights(WeightSource& weights) {
         }
     }
     final_norm_ = load_dense("model.norm.weight", Shape{hidden});
-    if (config_.tie_word_embeddings) {
+    // The lm_head is split by vocabulary rows; tied to the embedding, its rows come from the table.
+    const loaders::IndexRange vocab = loaders::vocab_range("lm_head.weight", config_.vocab_size, parallel_.rank,
+                                                           parallel_.size);
+    const std::string head_name = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    Q4TP_CHECK(config_.tie_word_embeddings || weights.has("lm_head.weight"),
+               "lm_head.weight is missing from the checkpoint and config.json does not set tie_word_embeddings");
+    if (config_.tie_word_embeddings && parallel_.size == 1) {
         lm_head_ = embed_tokens_;
     } else {
-        Q4TP_CHECK(weights.has("lm_head.weight"),
-                   "lm_head.weight is missing from the checkpoint and config.json does not set tie_word_embeddings");
-        lm_head_ = load_dense("lm_head.weight", Shape{config_.vocab_size, hidden});
+        lm_head_ = weights.dense_rows(head_name, config_.vocab_size, hidden, vocab, ops_);
+        weight_bytes_ += lm_head_.bytes();
     }
     ops_.synchronize();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -150,8 +190,9 @@ void LlamaModel::load_weights(WeightSource& weights) {
 std::size_t LlamaModel::decode_bytes_per_token(std::int64_t context) const {
     const std::size_t row = embed_tokens_.bytes() / static_cast<std::size_t>(config_.vocab_size);
     std::size_t bytes = weight_bytes_ - embed_tokens_.bytes() + row;
-    if (config_.tie_word_embeddings) bytes += lm_head_.bytes();  // read again, as the lm_head
-    const std::size_t kv_row = static_cast<std::size_t>(config_.kv_dim()) * dtype_size(ops_.activation_dtype());
+    if (lm_head_.data == embed_tokens_.data) bytes += lm_head_.bytes();  // the table is read again as the lm_head
+    const std::size_t kv_row =
+        static_cast<std::size_t>(kv_heads_local_ * config_.head_dim) * dtype_size(ops_.activation_dtype());
     return bytes + 2 * static_cast<std::size_t>(config_.num_hidden_layers * context) * kv_row;
 }
 
@@ -209,7 +250,7 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
     const std::int64_t rows = mode == LogitsMode::All ? m : 1;
     TensorView x = ws.x.rows(0, m);
     TensorView normed = ws.h.rows(0, m);
-    TensorView logits = ws.logits.rows(0, rows);
+    TensorView logits = ws.logits.rows(0, rows).reshaped(Shape{rows, vocab_padded_});
     // The step itself: a fixed sequence of ops over fixed buffers. Only the last position's logits are
     // needed to continue a sequence; all of them are for evaluation (perplexity, golden comparisons).
     auto step = [&] {
@@ -221,7 +262,13 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
         }
         ops_.rms_norm(x, final_norm_, static_cast<float>(config_.rms_norm_eps), normed);
         if (observer) (*observer)(config_.num_hidden_layers, normed);
-        if (logits_out) ops_.lm_head(normed.rows(m - rows, rows), lm_head_, logits);
+        if (!logits_out) return;
+        ops_.lm_head(normed.rows(m - rows, rows), lm_head_, logits);
+        if (parallel_.size > 1) {
+            TensorView gathered = ws.gathered.reshaped(Shape{parallel_.size * ws.logits.shape[0], vocab_padded_})
+                                      .rows(0, parallel_.size * rows);
+            parallel_.comm->all_gather(logits, gathered, ops_.stream_handle());
+        }
     };
     // Single-token decode steps are replayed from a graph on backends that have them; token id and
     // position were uploaded into device memory above, so the captured step reads each step's values.
@@ -230,16 +277,40 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
     } else {
         step();
     }
-    if (logits_out) {
-        ops_.download(logits, std::span<float>(logits_out, static_cast<std::size_t>(rows * config_.vocab_size)));
+    if (!logits_out) return;
+    const auto vocab = static_cast<std::size_t>(config_.vocab_size);
+    const auto padded = static_cast<std::size_t>(vocab_padded_);
+    if (parallel_.size == 1) {
+        if (padded == vocab) {
+            ops_.download(logits, std::span<float>(logits_out, static_cast<std::size_t>(rows) * vocab));
+            return;
+        }
+        Q4TP_THROW("internal: padded vocabulary at size 1");
     }
+    // Rank r's slice of row t sits at [r][t][0 .. V_r): stitch the rows back into [rows][V].
+    const std::size_t count = static_cast<std::size_t>(parallel_.size * rows) * padded;
+    TensorView gathered = ws.gathered.reshaped(Shape{static_cast<std::int64_t>(ws.host_gathered.size())})
+                              .rows(0, static_cast<std::int64_t>(count));
+    ops_.download(gathered, std::span<float>(ws.host_gathered.data(), count));
+    for (std::int64_t t = 0; t < rows; ++t) {
+        for (int r = 0; r < parallel_.size; ++r) {
+            const std::size_t begin = static_cast<std::size_t>(r) * padded;
+            const std::size_t len = std::min(padded, vocab - begin);
+            const float* src = ws.host_gathered.data() + (static_cast<std::size_t>(r * rows + t)) * padded;
+            std::copy(src, src + len, logits_out + static_cast<std::size_t>(t) * vocab + begin);
+        }
+    }
+}
+
+void LlamaModel::all_reduce(TensorView partial) {
+    if (parallel_.size > 1) parallel_.comm->all_reduce_sum(partial, ops_.stream_handle());
 }
 
 void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len) {
     Workspace& ws = *ws_;
     const auto eps = static_cast<float>(config_.rms_norm_eps);
-    const std::int64_t nh = config_.num_attention_heads;
-    const std::int64_t nkv = config_.num_key_value_heads;
+    const std::int64_t nh = heads_local_;
+    const std::int64_t nkv = kv_heads_local_;
     const std::int64_t d = config_.head_dim;
     TensorView x = ws.x.rows(0, m);
     TensorView h = ws.h.rows(0, m);
@@ -261,6 +332,7 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     ops_.attention(AttentionArgs{q_heads, cache_.keys(index), cache_.values(index), past_len, positions,
                                  attn.reshaped(Shape{m, nh, d})});
     ops_.linear(*layer.o_proj, attn, proj);
+    all_reduce(proj);
     ops_.add(x, proj);
 
     // MLP block: x += down(silu(gate(u)) * up(u)), u = rms_norm(x).
@@ -272,6 +344,7 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     ops_.linear(*layer.up_proj, h, up);
     ops_.silu_mul(gate, up, act);
     ops_.linear(*layer.down_proj, act, proj);
+    all_reduce(proj);
     ops_.add(x, proj);
 }
 

@@ -15,6 +15,7 @@
 #include "core/model/kv_cache.h"
 #include "core/model/ops.h"
 #include "core/model/weight_source.h"
+#include "loaders/shard.h"
 
 namespace q4tp::model {
 
@@ -28,6 +29,22 @@ struct RuntimeConfig {
 
 enum class LogitsMode { LastOnly, All };
 
+}  // namespace q4tp::model
+
+namespace q4tp::parallel {
+class Communicator;
+}
+
+namespace q4tp::model {
+
+//! Where this process sits in a tensor-parallel job (docs/design.md): rank r of size holds 1/size of every
+//! layer and sums partial results through comm (nullptr at size 1).
+struct ParallelContext {
+    int rank = 0;
+    int size = 1;
+    parallel::Communicator* comm = nullptr;
+};
+
 //! Called during forward() with each stage's hidden state [m][H] in backend memory: stage -1 is the
 //! embedding output, 0..L-1 the output of each decoder layer, L the final RMSNorm output.
 using HiddenObserver = std::function<void(std::int64_t stage, TensorView hidden)>;
@@ -36,7 +53,8 @@ class LlamaModel {
 public:
     //! Loads and validates every weight against the config (shapes, dtypes, GPTQ geometry), placing each
     //! in backend memory; plans the cache and workspace.
-    LlamaModel(const ModelConfig& config, WeightSource& weights, Ops& ops, const RuntimeConfig& runtime);
+    LlamaModel(const ModelConfig& config, const QuantConfig& quant, WeightSource& weights, Ops& ops,
+               const RuntimeConfig& runtime, const ParallelContext& parallel = {});
     ~LlamaModel();
     LlamaModel(const LlamaModel&) = delete;
     LlamaModel& operator=(const LlamaModel&) = delete;
@@ -59,7 +77,9 @@ private:
     struct Layer;
     struct Workspace;
 
-    void load_weights(WeightSource& weights);
+    void load_weights(WeightSource& weights, const QuantConfig& quant);
+    //! Sums a row-parallel layer's partial output over the ranks (nothing at size 1).
+    void all_reduce(TensorView partial);
     void forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
                        float* logits_out, const HiddenObserver* observer);
     void decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len);
@@ -68,9 +88,16 @@ private:
     ModelConfig config_;
     Ops& ops_;
     RuntimeConfig runtime_;
+    ParallelContext parallel_;
+    // This rank's share of each dimension (the whole at size 1).
+    std::int64_t heads_local_ = 0;     //!< query heads
+    std::int64_t kv_heads_local_ = 0;  //!< KV heads (replicated when size exceeds their count)
+    std::int64_t ffn_local_ = 0;       //!< intermediate columns
+    std::int64_t vocab_local_ = 0;     //!< lm_head rows, ceil(V / size) on every rank but possibly the last
+    std::int64_t vocab_padded_ = 0;    //!< ceil(V / size): the all-gathered row stride
     TensorView embed_tokens_;   //!< [V][H]
     TensorView final_norm_;     //!< [H]
-    TensorView lm_head_;        //!< [V][H]; the embedding table when tied
+    TensorView lm_head_;        //!< [V_local][H]; the embedding table when tied at size 1
     std::vector<Layer> layers_;
     KvCache cache_;
     std::unique_ptr<Workspace> ws_;

@@ -4,6 +4,8 @@
 //! are in activation_dtype(); logits are always F32.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -80,6 +82,8 @@ public:
     virtual Device device() const = 0;
     virtual DType activation_dtype() const = 0;
     virtual const char* name() const = 0;
+    //! The stream collectives must run on to stay ordered with this backend's work (nullptr on the CPU).
+    virtual cudaStream_t stream_handle() const { return nullptr; }
 
     // ---- memory: load and plan time only, never per token ----
     //! Backend-owned memory, alive as long as the Ops object.

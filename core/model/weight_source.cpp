@@ -19,9 +19,21 @@ TensorView CheckpointWeights::dense(const std::string& name, const Shape& shape,
     return view;
 }
 
-std::unique_ptr<LinearWeights> CheckpointWeights::linear(const std::string& name, std::int64_t k, std::int64_t n,
+TensorView CheckpointWeights::dense_rows(const std::string& name, std::int64_t total_rows, std::int64_t cols,
+                                        loaders::IndexRange rows, Ops& ops) {
+    const loaders::DenseShard shard = loaders::dense_rows_shard(checkpoint_, name, total_rows, cols, rows);
+    TensorView view = ops.allocate(ops.activation_dtype(), Shape{rows.size(), cols});
+    ops.upload(shard.data.data(), DType::F16, view);
+    return view;
+}
+
+std::unique_ptr<LinearWeights> CheckpointWeights::linear(const std::string& name, const loaders::SplitPlan& plan,
                                                          Ops& ops) {
-    return ops.make_linear(loaders::load_gptq_linear(checkpoint_, name, k, n, quant_));
+    if (plan.size == 1) return ops.make_linear(loaders::load_gptq_linear(checkpoint_, name, plan.k, plan.n, quant_));
+    if (loaders::is_column_parallel(plan.role)) {
+        return ops.make_linear(loaders::load_column_shard(checkpoint_, name, quant_, plan).layer);
+    }
+    return ops.make_linear(loaders::load_row_shard(checkpoint_, name, quant_, plan).layer);
 }
 
 bool CheckpointWeights::has(const std::string& name) const { return static_cast<bool>(checkpoint_.find(name)); }
@@ -38,16 +50,26 @@ TensorView SyntheticWeights::dense(const std::string& name, const Shape& shape, 
     return view;
 }
 
-std::unique_ptr<LinearWeights> SyntheticWeights::linear(const std::string& name, std::int64_t k, std::int64_t n,
+TensorView SyntheticWeights::dense_rows(const std::string& name, std::int64_t total_rows, std::int64_t cols,
+                                       loaders::IndexRange rows, Ops& ops) {
+    (void)total_rows;
+    return dense(name + "#" + std::to_string(rows.begin), Shape{rows.size(), cols}, ops);
+}
+
+std::unique_ptr<LinearWeights> SyntheticWeights::linear(const std::string& name, const loaders::SplitPlan& plan,
                                                         Ops& ops) {
+    // This rank's local shape: its columns of a column-parallel layer, its rows of a row-parallel one.
+    const bool column = loaders::is_column_parallel(plan.role);
+    const std::int64_t k = column ? plan.k : plan.range.size();
+    const std::int64_t n = column ? plan.range.size() : plan.n;
     SyntheticLinearSpec spec;
     spec.k = k;
     spec.n = n;
     spec.group_size = quant_.group_size;
     spec.act_order = act_order_ && quant_.group_size > 0;
-    spec.seed = seed_for(name);
+    spec.seed = seed_for(name) + static_cast<std::uint64_t>(plan.range.begin);
     // Symmetric codes q - 8 in [-8, 7] have RMS ~4.6; scales of 1 / (4.6 sqrt(k)) keep y = x W at unit RMS.
-    spec.scale = static_cast<float>(1.0 / (4.6 * std::sqrt(static_cast<double>(k))));
+    spec.scale = static_cast<float>(1.0 / (4.6 * std::sqrt(static_cast<double>(plan.k))));
     return ops.make_synthetic_linear(spec);
 }
 

@@ -9,6 +9,7 @@
 #include "core/base/model_config.h"
 #include "core/base/tensor_view.h"
 #include "core/model/ops.h"
+#include "loaders/shard.h"
 
 namespace q4tp::loaders {
 class Checkpoint;
@@ -19,10 +20,13 @@ namespace q4tp::model {
 class WeightSource {
 public:
     virtual ~WeightSource() = default;
-    //! A non-quantized tensor (embedding, norm, lm_head) of the given shape, in backend memory.
+    //! A non-quantized tensor (embedding, norm), whole, in backend memory.
     virtual TensorView dense(const std::string& name, const Shape& shape, Ops& ops) = 0;
-    //! A GPTQ linear layer y = x . W with W [k][n].
-    virtual std::unique_ptr<LinearWeights> linear(const std::string& name, std::int64_t k, std::int64_t n,
+    //! Rows `rows` of a non-quantized [total_rows][cols] tensor (lm_head by vocabulary under TP).
+    virtual TensorView dense_rows(const std::string& name, std::int64_t total_rows, std::int64_t cols,
+                                  loaders::IndexRange rows, Ops& ops) = 0;
+    //! This rank's part of a GPTQ linear layer y = x . W, as the split plan cuts it (the whole layer at size 1).
+    virtual std::unique_ptr<LinearWeights> linear(const std::string& name, const loaders::SplitPlan& plan,
                                                   Ops& ops) = 0;
     virtual bool has(const std::string& name) const = 0;
 };
@@ -33,7 +37,9 @@ public:
     CheckpointWeights(const loaders::Checkpoint& checkpoint, const QuantConfig& quant)
         : checkpoint_(checkpoint), quant_(quant) {}
     TensorView dense(const std::string& name, const Shape& shape, Ops& ops) override;
-    std::unique_ptr<LinearWeights> linear(const std::string& name, std::int64_t k, std::int64_t n,
+    TensorView dense_rows(const std::string& name, std::int64_t total_rows, std::int64_t cols,
+                          loaders::IndexRange rows, Ops& ops) override;
+    std::unique_ptr<LinearWeights> linear(const std::string& name, const loaders::SplitPlan& plan,
                                           Ops& ops) override;
     bool has(const std::string& name) const override;
 
@@ -49,7 +55,9 @@ public:
     SyntheticWeights(const QuantConfig& quant, bool act_order, std::uint64_t seed)
         : quant_(quant), act_order_(act_order), seed_(seed) {}
     TensorView dense(const std::string& name, const Shape& shape, Ops& ops) override;
-    std::unique_ptr<LinearWeights> linear(const std::string& name, std::int64_t k, std::int64_t n,
+    TensorView dense_rows(const std::string& name, std::int64_t total_rows, std::int64_t cols,
+                          loaders::IndexRange rows, Ops& ops) override;
+    std::unique_ptr<LinearWeights> linear(const std::string& name, const loaders::SplitPlan& plan,
                                           Ops& ops) override;
     bool has(const std::string&) const override { return true; }
 

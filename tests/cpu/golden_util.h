@@ -48,7 +48,7 @@ struct CpuFixture {
         runtime.max_context = context;
         runtime.max_batch_tokens = max_batch_tokens;
         model::CheckpointWeights weights(checkpoint, quant);
-        model = std::make_unique<model::LlamaModel>(config, weights, ops, runtime);
+        model = std::make_unique<model::LlamaModel>(config, quant, weights, ops, runtime);
     }
 };
 

@@ -40,7 +40,7 @@ struct CudaFixture {
         runtime.max_batch_tokens = max_batch_tokens;
         runtime.use_graphs = use_graphs;
         ops = std::make_unique<model::CudaOps>();
-        model = std::make_unique<model::LlamaModel>(config, weights, *ops, runtime);
+        model = std::make_unique<model::LlamaModel>(config, quant, weights, *ops, runtime);
     }
 };
 
