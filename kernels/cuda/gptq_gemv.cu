@@ -1,20 +1,22 @@
 // int4 GPTQ GEMV for decode (m = 1..8) and the dequantize-to-fp16 kernel.
 //
 // Algorithm. Decode GEMV is a stream over the packed weights (0.52 B per weight at group 128), so everything is
-// arranged to read each weight once with 16-byte coalesced loads and keep enough of them in flight:
-//  - Layout (gptq_prepare.h): a lane's 16-byte load is 4 words = 32 rows x 4 columns, already in the order of the
-//    B fragments of mma.m16n8k16; a warp's load is 512 contiguous bytes and a warp's whole K range is contiguous.
-//  - Math: each word is dequantized exactly to fp16(s (q - z)) (quant/int4.cuh: the same rounding as the reference,
-//    docs/formats.md R2.11) and fed to a tensor-core mma with fp32 accumulation. The activations fill A rows 0..m-1
-//    (rows m..15 are zero), so the instruction count per weight does not grow with m: ~2.5 instructions per weight
-//    for every m in 1..8, where a CUDA-core half2 dot would need ~1 more per weight and activation row.
-//    There is no fp16 accumulation anywhere: mma sums in fp32, and so do the split-K reduction and the epilogue.
+// arranged to read each weight once with 16-byte coalesced loads, keep enough of them in flight, and spend as few
+// instructions per weight as possible (at 4.2 TB/s on 132 SMs the issue budget is ~4 instructions per weight):
+//  - Layout (gptq_prepare.h): a lane's 16-byte load is 4 words = the A fragments of 4 mma.m16n8k16 (2 n16 tiles x
+//    2 k16 steps = 32 columns x 32 rows per warp); a warp's load is 512 contiguous bytes and its K range is contiguous.
+//  - Math: y^T = W^T x^T. The weights are the mma's A operand (16 columns x 16 rows, all 4 registers useful), the
+//    activations its B operand (16 rows x 8: m <= 8 fits exactly). Codes enter the tensor cores as exact subnormal
+//    fp16 numbers q 2^-24 made by one AND per two weights (quant/int4.cuh), so dequantization costs 5 integer
+//    instructions per 8 weights and no float op. Per group, in fp32: y += s (sum q x - z sum x) with the power of
+//    two folded into s and sum x per 32-row block precomputed in shared memory. Instruction count per weight does
+//    not depend on m. No fp16 accumulation anywhere: mma sums in fp32, so do the group, split-K and epilogue sums.
 //  - CTA: 8 warps x one 32-column tile each = 256 columns, all warps over the same K slice, so the CTA's activation
-//    slice is gathered once into shared memory (through perm for act-order: x is read as x[perm[k]]) and stored in
-//    A-fragment order, one 16-byte shared load per lane per 32-row block, with rows padded against bank conflicts.
+//    slice is gathered once into shared memory (through perm for act-order: x is read as x[perm[k]]) in B-fragment
+//    order, one 16-byte shared load per lane per 32-row block, rows padded against bank conflicts.
 //  - Loads in flight: 8 blocks (8 x 16 B) per lane, refilled one by one as each block is consumed (a rolling
-//    prefetch, no second register buffer); the first 8 are issued before the activation gather. Each block's scales
-//    and zero points travel with its weights, so they are never on the dot product's dependency chain.
+//    prefetch with predicated loads, no second register buffer); the first 8 are issued before the activation
+//    gather. Each block's scales and zero points travel with its weights, off the dot product's dependency chain.
 //  - Split-K: when N alone gives too few CTAs, K is cut into `splits` slices (gptq_gemv_plan, ~4 CTAs per SM of an
 //    H100). Each CTA writes fp32 partials to the workspace; the last CTA of a column tile (a self-resetting atomic
 //    counter) sums them in slice order, adds the residual in fp32 and writes fp16. Deterministic and graph-safe.
@@ -112,17 +114,14 @@ struct DequantArgs {
 // ------------------------------------------------------------------------------------------------
 // Device helpers
 
-//! Position (in halves) of row c (0..31) of a k-block inside its staged 32-half A-fragment group: lane t reads
-//! halves [8t, 8t+8) = rows (2t, 2t+1), (2t+8, 2t+9), (2t+16, 2t+17), (2t+24, 2t+25), i.e. the registers a0, a2 of
-//! the first and of the second k16 step.
+//! Position (in halves) of row c (0..31) of a k-block inside its staged 32-half B-fragment group: lane t reads
+//! halves [8t, 8t+8) = rows (2t, 2t+1), (2t+8, 2t+9), (2t+16, 2t+17), (2t+24, 2t+25), i.e. the registers b0, b1
+//! of the first and of the second k16 step.
 __device__ __forceinline__ int staged_position(int c) { return 8 * ((c % 8) / 2) + 2 * (c / 8) + (c % 2); }
 
-//! Scale pair and zero points of lane row r (= lane / 4) for group g and 32-column tile `tile`.
-__device__ __forceinline__ uint2 load_scales(const uint2* scales, int n_padded, int g, int tile, int r) {
-    return __ldg(scales + static_cast<long long>(g) * (n_padded / 4) + tile * 8 + r);
-}
-__device__ __forceinline__ std::uint32_t load_zeros(const std::uint32_t* zeros, int n_padded, int g, int tile, int r) {
-    return __ldg(zeros + static_cast<long long>(g) * (n_padded / 8) + tile * 4 + r / 2) >> (16 * (r & 1));
+//! fp16 bits (low half of `bits` when !high) to float.
+__device__ __forceinline__ float half_bits_to_float(std::uint32_t bits, bool high) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(high ? bits >> 16 : bits & 0xFFFFu)));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -130,31 +129,33 @@ __device__ __forceinline__ std::uint32_t load_zeros(const std::uint32_t* zeros, 
 
 template <int M>
 __global__ void __launch_bounds__(kThreads) gptq_gemv_kernel(const GemvArgs a) {
-    extern __shared__ uint4 stage[];  // [M][stage_row_u4]: activations of this K slice in A-fragment order
+    // Shared memory: [M][stage_row_u4] activations of this K slice in B-fragment order, then
+    // [blocks_per_split][8] fp32 sums of each row's activations over each 32-row block (the zero-point term).
+    extern __shared__ uint4 stage[];
     __shared__ unsigned int is_last_cta;
 
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) % 32;
-    const int r = lane / 4;  // mma groupID: the column inside an n8 tile, and the A/C row
-    const int t = lane % 4;  // mma thread-in-group
+    const int g = lane / 4;  // mma groupID: A/D row (column of W) g and g + 8, B column (activation row) g
+    const int t = lane % 4;  // mma thread-in-group: D columns (activation rows) 2t, 2t + 1
     const int tile = static_cast<int>(blockIdx.x) * kWarps + warp;
     const bool has_tile = tile < a.tiles32;
     const int split = static_cast<int>(blockIdx.y);
     const int blk0 = split * a.blocks_per_split;
     const int nblk = min(a.k_blocks - blk0, a.blocks_per_split);
 
-    // Weight, scale and zero loads for the next block to fetch; fetch_group/fetch_in_group follow that block.
+    // Weight, scale and zero loads for the next block to fetch; sptr/zptr/fetch_in_group follow that block.
     // Every load is predicated (no branch), so all 8 slots stay in flight (see load_streaming_if).
     const uint4* wptr = a.qweight + (static_cast<long long>(tile) * a.k_blocks + blk0) * 32 + lane;
-    const uint2* sptr = a.scales + tile * 8 + r;
-    const std::uint32_t* zptr = a.zeros + tile * 4 + r / 2;
-    const long long s_stride = a.n_padded / 4;  // one group of scales, in uint2
-    const long long z_stride = a.n_padded / 8;  // one group of zero words
-    int fetch_group = blk0 / a.group_blocks;
-    int fetch_in_group = blk0 - fetch_group * a.group_blocks;
+    const int s_stride = a.n_padded / 4;  // one group of scales, in uint2
+    const int z_stride = a.n_padded / 8;  // one group of zero words
+    const int first_group = blk0 / a.group_blocks;
+    int fetch_in_group = blk0 - first_group * a.group_blocks;
+    const uint2* sptr = a.scales + static_cast<long long>(first_group) * s_stride + tile * 8 + g;
+    const std::uint32_t* zptr = a.zeros + static_cast<long long>(first_group) * z_stride + tile * 4 + g / 2;
     uint4 wq[kBlocksInFlight];
     uint2 sc[kBlocksInFlight];
-    std::uint32_t zw[kBlocksInFlight];  // raw word: lane row r's 4 zero points are its half 16 (r & 1)
+    std::uint32_t zw[kBlocksInFlight];  // raw word: lane group g's 4 zero points are its half 16 (g & 1)
 #pragma unroll
     for (int u = 0; u < kBlocksInFlight; ++u) {
         wq[u] = make_uint4(0u, 0u, 0u, 0u);
@@ -162,86 +163,146 @@ __global__ void __launch_bounds__(kThreads) gptq_gemv_kernel(const GemvArgs a) {
         zw[u] = 0u;
         const bool pred = has_tile && u < nblk;
         load_streaming_if(wq[u], wptr + u * 32, pred);
-        load_if(sc[u], sptr + fetch_group * s_stride, pred);
-        load_if(zw[u], zptr + fetch_group * z_stride, pred);
+        load_if(sc[u], sptr, pred);
+        load_if(zw[u], zptr, pred);
         if (++fetch_in_group == a.group_blocks) {
             fetch_in_group = 0;
-            ++fetch_group;
+            sptr += s_stride;
+            zptr += z_stride;
         }
     }
 
-    // Gather this slice of x (through perm) while the weight loads are in flight.
+    // Gather this slice of x (through perm) while the weight loads are in flight. Warp w stages whole 32-row blocks
+    // (i = 32 w + lane + 256 j), so one shuffle reduction per row gives that block's sum x.
     __half* st = reinterpret_cast<__half*>(stage);
+    float* block_sums = reinterpret_cast<float*>(stage + M * a.stage_row_u4);
     const int row_halves = a.stage_row_u4 * 8;
     for (int i = static_cast<int>(threadIdx.x); i < nblk * kBlockK; i += kThreads) {
         const int c = i % kBlockK;
         const int pos = (i - c) + staged_position(c);
         const int ks = blk0 * kBlockK + i;
         const long long ko = a.perm != nullptr ? __ldg(a.perm + ks) : ks;
+        float sums[8] = {};
 #pragma unroll
-        for (int m = 0; m < M; ++m) st[m * row_halves + pos] = __ldg(a.x + m * a.ldx + ko);
+        for (int m = 0; m < M; ++m) {
+            const __half v = __ldg(a.x + m * a.ldx + ko);
+            st[m * row_halves + pos] = v;
+            sums[m] = __half2float(v);
+        }
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+#pragma unroll
+            for (int offset = 16; offset > 0; offset /= 2) sums[m] += __shfl_xor_sync(0xFFFFFFFFu, sums[m], offset);
+        }
+        if (c == 0) {
+#pragma unroll
+            for (int m = 0; m < 8; ++m) block_sums[(i / kBlockK) * 8 + m] = sums[m];  // rows >= M get 0
+        }
     }
     __syncthreads();
 
-    float acc[4][4] = {};
+    // acc: the lane's outputs; tmp: sum q x 2^-24 (rows g) / 2^-20 (rows g + 8) of the current group; xs: sum x of
+    // the current group for activation rows 2t, 2t + 1.
+    float acc[2][4] = {};
+    float tmp[2][4] = {};
+    float xs0 = 0.0f;
+    float xs1 = 0.0f;
     if (has_tile) {
+        int use_in_group = blk0 % a.group_blocks;
         for (int done = 0; done < nblk; done += kBlocksInFlight) {
 #pragma unroll
             for (int u = 0; u < kBlocksInFlight; ++u) {
                 const int b = done + u;
                 if (b < nblk) {
-                    uint4 xa = make_uint4(0u, 0u, 0u, 0u);
-                    if (r < M) xa = stage[r * a.stage_row_u4 + b * 4 + t];
+                    uint4 xb = make_uint4(0u, 0u, 0u, 0u);
+                    if (g < M) xb = stage[g * a.stage_row_u4 + b * 4 + t];
+                    const float2 bs = *reinterpret_cast<const float2*>(block_sums + b * 8 + 2 * t);
+                    xs0 += bs.x;
+                    xs1 += bs.y;
                     const std::uint32_t words[4] = {wq[u].x, wq[u].y, wq[u].z, wq[u].w};
-                    const uint2 s = sc[u];
-                    const std::uint32_t z = zw[u] >> (16 * (r & 1));
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        const Int4Column col = int4_column((z >> (4 * j)) & 15u, j < 2 ? s.x : s.y, (j & 1) != 0);
-                        std::uint32_t bfrag[4];
-                        int4_dequant_word(words[j], col, bfrag);
-                        mma_m16n8k16_rows8(acc[j], xa.x, xa.y, bfrag[0], bfrag[1]);
-                        mma_m16n8k16_rows8(acc[j], xa.z, xa.w, bfrag[2], bfrag[3]);
+                    for (int p = 0; p < 2; ++p) {  // word 2p + s: n16 tile p, k16 step s
+                        std::uint32_t a0[4];
+                        std::uint32_t a1[4];
+                        int4_codes_word(words[2 * p], a0);
+                        int4_codes_word(words[2 * p + 1], a1);
+                        mma_m16n8k16(tmp[p], a0, xb.x, xb.y);
+                        mma_m16n8k16(tmp[p], a1, xb.z, xb.w);
+                    }
+                    // Group complete (or slice end): y += s 2^24 tmp - s z sum x, then start the next group.
+                    if (++use_in_group == a.group_blocks || b + 1 == nblk) {
+                        use_in_group = use_in_group == a.group_blocks ? 0 : use_in_group;
+                        const std::uint32_t z = zw[u] >> (16 * (g & 1));
+#pragma unroll
+                        for (int p = 0; p < 2; ++p) {
+#pragma unroll
+                            for (int h = 0; h < 2; ++h) {  // h = 0: column 16p + g, h = 1: column 16p + g + 8
+                                const int pos = 2 * p + h;
+                                const float scale = half_bits_to_float(pos < 2 ? sc[u].x : sc[u].y, (pos & 1) != 0);
+                                const float zero = static_cast<float>((z >> (4 * pos)) & 15u);
+                                const float s_codes = scale * (h == 0 ? 16777216.0f : 1048576.0f);  // 2^24, 2^20
+                                const float s_zero = scale * zero;
+                                acc[p][2 * h] = fmaf(s_codes, tmp[p][2 * h], fmaf(-s_zero, xs0, acc[p][2 * h]));
+                                acc[p][2 * h + 1] =
+                                    fmaf(s_codes, tmp[p][2 * h + 1], fmaf(-s_zero, xs1, acc[p][2 * h + 1]));
+                                tmp[p][2 * h] = 0.0f;
+                                tmp[p][2 * h + 1] = 0.0f;
+                            }
+                        }
+                        xs0 = 0.0f;
+                        xs1 = 0.0f;
                     }
                 }
                 // Refill this slot with block b + 8 so that 8 loads stay in flight while the others are consumed.
                 const bool pred = b + kBlocksInFlight < nblk;
                 load_streaming_if(wq[u], wptr + (b + kBlocksInFlight) * 32, pred);
-                load_if(sc[u], sptr + fetch_group * s_stride, pred);
-                load_if(zw[u], zptr + fetch_group * z_stride, pred);
+                load_if(sc[u], sptr, pred);
+                load_if(zw[u], zptr, pred);
                 if (++fetch_in_group == a.group_blocks) {
                     fetch_in_group = 0;
-                    ++fetch_group;
+                    sptr += s_stride;
+                    zptr += z_stride;
                 }
             }
         }
     }
 
-    // C fragment: lane holds rows r, columns 8 j + 2t and 8 j + 2t + 1 of each n8 tile j (acc[j][0..1]).
+    // D fragment: acc[p][2h + e] is activation row 2t + e, column 32 tile + 16p + 8h + g.
     if (a.splits == 1) {
-        if (has_tile && r < M) {
+        if (has_tile) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int col = tile * kTileN + 8 * j + 2 * t;
-                if (col < a.n) {  // N % 8 == 0: both columns are in range or neither
-                    float v0 = acc[j][0];
-                    float v1 = acc[j][1];
-                    if (a.residual != nullptr) {
-                        v0 += __half2float(a.residual[r * a.ldr + col]);
-                        v1 += __half2float(a.residual[r * a.ldr + col + 1]);
+            for (int p = 0; p < 2; ++p) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int col = tile * kTileN + 16 * p + 8 * h + g;
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int m = 2 * t + e;
+                        if (m < M && col < a.n) {
+                            float v = acc[p][2 * h + e];
+                            if (a.residual != nullptr) v += __half2float(a.residual[m * a.ldr + col]);
+                            a.y[m * a.ldy + col] = __float2half_rn(v);
+                        }
                     }
-                    a.y[r * a.ldy + col] = __float2half_rn(v0);
-                    a.y[r * a.ldy + col + 1] = __float2half_rn(v1);
                 }
             }
         }
         return;
     }
 
-    if (has_tile && r < M) {
-        float* out = a.partials + (static_cast<long long>(split) * M + r) * a.n_padded + tile * kTileN + 2 * t;
+    if (has_tile) {
+        float* out = a.partials + static_cast<long long>(split) * M * a.n_padded + tile * kTileN + g;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) *reinterpret_cast<float2*>(out + 8 * j) = make_float2(acc[j][0], acc[j][1]);
+        for (int p = 0; p < 2; ++p) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int m = 2 * t + e;
+                    if (m < M) out[static_cast<long long>(m) * a.n_padded + 16 * p + 8 * h] = acc[p][2 * h + e];
+                }
+            }
+        }
     }
     // Last-CTA-reduces: publish the partials, count this slice in; the CTA that completes the count sums all
     // slices in slice order (bitwise deterministic whichever CTA it is) and clears the counter for the next launch.
@@ -274,27 +335,29 @@ __global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArg
     __shared__ __half tile_rows[kBlockK][kCtaN + 8];
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) % 32;
-    const int r = lane / 4;
+    const int g = lane / 4;
     const int t = lane % 4;
     const int b = static_cast<int>(blockIdx.x);
     const int tile = static_cast<int>(blockIdx.y) * kWarps + warp;
     if (tile < a.tiles32) {
         const uint4 q = load_streaming(a.qweight + (static_cast<long long>(tile) * a.k_blocks + b) * 32 + lane);
-        const int g = b / a.group_blocks;
-        const uint2 s = load_scales(a.scales, a.n_padded, g, tile, r);
-        const std::uint32_t z = load_zeros(a.zeros, a.n_padded, g, tile, r);
+        const int group = b / a.group_blocks;
+        const uint2 s = __ldg(a.scales + static_cast<long long>(group) * (a.n_padded / 4) + tile * 8 + g);
+        const std::uint32_t z =
+            __ldg(a.zeros + static_cast<long long>(group) * (a.n_padded / 8) + tile * 4 + g / 2) >> (16 * (g & 1));
         const std::uint32_t words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const Int4Column col = int4_column((z >> (4 * j)) & 15u, j < 2 ? s.x : s.y, (j & 1) != 0);
-            std::uint32_t h[4];
-            int4_dequant_word(words[j], col, h);
-            const int c = warp * kTileN + 8 * j + r;
+        for (int j = 0; j < 4; ++j) {  // word j: n16 tile p = j / 2, k16 step j % 2
+            const int p = j / 2;
 #pragma unroll
-            for (int p = 0; p < 4; ++p) {  // pair p holds rows 8p + 2t and 8p + 2t + 1
-                const __half2 v = as_half2(h[p]);
-                tile_rows[8 * p + 2 * t][c] = __low2half(v);
-                tile_rows[8 * p + 2 * t + 1][c] = __high2half(v);
+            for (int nib = 0; nib < 8; ++nib) {
+                const int h = int4_nibble_column(nib) / 8;
+                const int pos = 2 * p + h;
+                const float scale = half_bits_to_float(pos < 2 ? s.x : s.y, (pos & 1) != 0);
+                const int zero = static_cast<int>((z >> (4 * pos)) & 15u);
+                const int code = static_cast<int>((words[j] >> (4 * nib)) & 15u);
+                const int row = 16 * (j % 2) + int4_nibble_k(nib, t);
+                tile_rows[row][warp * kTileN + 16 * p + 8 * h + g] = int4_dequant(code, zero, scale);
             }
         }
     }
@@ -372,7 +435,7 @@ GptqGemvPlan gptq_gemv_plan(int m, std::int64_t k, std::int64_t n) {
         plan.blocks_per_split = static_cast<int>(round_up(ceil_div(k_blocks, max_splits), kBlocksInFlight));
         plan.splits = static_cast<int>(ceil_div(k_blocks, plan.blocks_per_split));
     }
-    plan.smem_bytes = m * stage_row_bytes(plan.blocks_per_split);
+    plan.smem_bytes = m * stage_row_bytes(plan.blocks_per_split) + plan.blocks_per_split * 8 * 4;
     Q4TP_CHECK(plan.n_tiles <= kMaxTiles, "gptq_gemv: N = " << n << " needs " << plan.n_tiles
                                                             << " column tiles, more than " << kMaxTiles);
     Q4TP_CHECK(plan.smem_bytes <= kMaxSmemBytes && plan.splits <= 65535,

@@ -17,11 +17,14 @@ namespace {
 constexpr int kLanes = 32;
 constexpr int kWordsPerLane = 4;
 
-//! Sorted row inside a 32-row k-block held by nibble i of a lane with t = lane % 4.
-constexpr int block_row(int nibble, int t) { return 8 * (nibble % 4) + 2 * t + nibble / 4; }
+//! Word j of lane L (g = L / 4, t = L % 4) in a 32 x 32 block is the A fragment of n16 tile p = j / 2 and k16 step
+//! s = j % 2; its nibble i holds column 16 p + g + 8 (i % 2) at block row 16 s + 2t + 8 ((i % 4) / 2) + i / 4.
+constexpr int word_column(int j, int g, int nibble) { return 16 * (j / 2) + g + 8 * (nibble % 2); }
+constexpr int word_row(int j, int t, int nibble) { return 16 * (j % 2) + 2 * t + 8 * ((nibble % 4) / 2) + nibble / 4; }
 
-//! Position of column c (0..31) of a tile inside the tile-permuted scales and zeros: 4 r + j for c = 8 j + r.
-constexpr int meta_position(int c) { return 4 * (c % 8) + c / 8; }
+//! Position of column c (0..31) of a tile inside the tile-permuted scales and zeros: 4 g + 2 p + h for
+//! c = 16 p + 8 h + g, so lane group g finds its 4 columns' scales in one 8-byte load.
+constexpr int meta_position(int c) { return 4 * (c % 8) + 2 * (c / 16) + (c / 8) % 2; }
 
 std::string layer_name(const GptqSource& s) { return s.name.empty() ? std::string("gptq layer") : s.name; }
 
@@ -134,12 +137,11 @@ GptqPrepared gptq_prepare(const GptqSource& s) {
         for (std::int64_t tile = 0; tile < tiles; ++tile) {
             std::uint32_t* out = p.qweight.data() + ((tile * k_blocks + b) * kLanes) * kWordsPerLane;
             for (int lane = 0; lane < kLanes; ++lane) {
-                const int t = lane % 4;
                 for (int j = 0; j < kWordsPerLane; ++j) {
-                    const std::int64_t col = tile * kGptqTileN + 8 * j + lane / 4;
                     std::uint32_t word = 0;
                     for (int nib = 0; nib < 8; ++nib) {
-                        word |= std::uint32_t{codes[static_cast<std::size_t>(block_row(nib, t) * n_pad + col)]}
+                        const std::int64_t col = tile * kGptqTileN + word_column(j, lane / 4, nib);
+                        word |= std::uint32_t{codes[static_cast<std::size_t>(word_row(j, lane % 4, nib) * n_pad + col)]}
                                 << (4 * nib);
                     }
                     out[lane * kWordsPerLane + j] = word;
@@ -164,16 +166,21 @@ std::vector<float> gptq_prepared_dequantize(const GptqPrepared& p) {
     for (std::int64_t row = 0; row < p.k; ++row) {  // sorted row
         const std::int64_t b = row / kGptqBlockK;
         const int in_block = static_cast<int>(row % kGptqBlockK);
+        // Invert word_row: in_block = 16 s + 2t + 8 ((i % 4) / 2) + i / 4.
+        const int step = in_block / 16;
         const int t = (in_block % 8) / 2;
-        const int nib = in_block / 8 + 4 * (in_block % 2);
+        const int nib_k = 2 * ((in_block % 16) / 8) + 4 * (in_block % 2);  // the nibble bits that select k
         const std::int64_t g = row / p.group_size;
         const std::int64_t orig = p.perm.empty() ? row : p.perm[static_cast<std::size_t>(row)];
         for (std::int64_t col = 0; col < p.n; ++col) {
             const std::int64_t tile = col / kGptqTileN;
             const int c = static_cast<int>(col % kGptqTileN);
+            // Invert word_column: c = 16 p + g + 8 (i % 2).
             const int lane = 4 * (c % 8) + t;
+            const int j = 2 * (c / 16) + step;
+            const int nib = nib_k + (c / 8) % 2;
             const std::uint32_t word = p.qweight[static_cast<std::size_t>(((tile * k_blocks + b) * kLanes + lane) *
-                                                                              kWordsPerLane + c / 8)];
+                                                                              kWordsPerLane + j)];
             const int q = static_cast<int>((word >> (4 * nib)) & 15u);
             const std::int64_t pos = tile * kGptqTileN + meta_position(c);
             const int z = static_cast<int>(

@@ -5,23 +5,24 @@
 //!  1. act-order: rows sorted by g_idx (stable argsort, docs/formats.md R3.2) so that sorted row j belongs to
 //!     group j / group_size; perm[j] = original row of sorted row j (the kernel reads x through it, R3.4);
 //!  2. zero points normalized to the effective z (v1: stored + 1, v2: stored, R2.8-R2.9);
-//!  3. codes re-arranged so that one 16-byte load of lane L gives exactly the B fragments of
-//!     mma.m16n8k16 (row.col) that lane needs for 4 n8-tiles x one 32-row k-block;
+//!  3. codes re-arranged so that one 16-byte load of lane L gives exactly the A fragments of mma.m16n8k16 (row.col,
+//!     the weights as A = W^T) that lane needs for 2 n16 tiles x 2 k16 steps (a 32-row x 32-column block);
 //!  4. columns padded to a multiple of 32 with zero codes, zero points and scales (W = 0 there).
 //!
-//! Prepared layout (N_pad = roundup(N, 32), KB = K / 32 k-blocks, T = column tile of 32, L = lane, t = L % 4,
-//! r = L / 4, j = n8 tile inside T; column of (T, L, j) = 32 T + 8 j + r):
+//! Prepared layout (N_pad = roundup(N, 32), KB = K / 32 k-blocks, T = column tile of 32, L = lane, g = L / 4,
+//! t = L % 4; word j of a lane = n16 tile p = j / 2, k16 step s = j % 2):
 //!
-//!   qweight [N_pad/32][KB][32 lanes][4 words]   word j of lane L in block b holds the 8 codes of column
-//!                                               32 T + 8 j + r at sorted rows 32 b + row(i), nibble i:
-//!       nibble i : 7       6       5      4      3       2       1      0
-//!       row(i)   : 2t+25   2t+17   2t+9   2t+1   2t+24   2t+16   2t+8   2t      (row(i) = 8 (i % 4) + 2t + i / 4)
-//!     so (w & 0x000F000F) is the fragment pair (2t, 2t+1), (w & 0x00F000F0) is (2t+8, 2t+9), and the same
-//!     masks on w >> 8 give (2t+16, 2t+17) and (2t+24, 2t+25): the b0/b1 registers of two k16 mma steps.
-//!   scales  [G][N_pad] fp16, inside each 32-column tile position 4 r + j holds column 8 j + r, so lane L reads
-//!           its 4 columns' scales with one 8-byte load;
+//!   qweight [N_pad/32][KB][32 lanes][4 words]   nibble i of word j holds the code of
+//!       column 32 T + 16 p + g + 8 (i % 2)   at sorted row 32 b + 16 s + 2t + 8 ((i % 4) / 2) + i / 4:
+//!       nibble i :  7           6         5           4         3           2         1          0
+//!       column   :  g+8         g         g+8         g         g+8         g         g+8        g      (+16 p)
+//!       row      :  2t+9        2t+9      2t+1        2t+1      2t+8        2t+8      2t         2t     (+16 s)
+//!     so w & 0x000F000F is the a0 register pair (column g, rows 2t, 2t+1), w & 0x00F000F0 a1 (column g+8), and the
+//!     same masks on w >> 8 give a2 and a3 (rows 2t+8, 2t+9); see kernels/cuda/quant/int4.cuh.
+//!   scales  [G][N_pad] fp16, inside each 32-column tile position 4 g + 2 p + h holds column 16 p + 8 h + g, so
+//!           lane group g reads its 4 columns' scales with one 8-byte load;
 //!   zeros   [G][N_pad/8] uint32, effective z (0..15) as nibbles in the same position order as scales
-//!           (position p in word p / 8, nibble p % 8): lane L's 4 zero points are 16 bits of one word.
+//!           (position q in word q / 8, nibble q % 8): lane group g's 4 zero points are 16 bits of one word.
 #pragma once
 
 #include <cstdint>

@@ -51,15 +51,15 @@ __device__ __forceinline__ std::uint32_t as_u32(__half2 h) {
     return bits;
 }
 
-//! d += A . B for one mma.m16n8k16 (row.col, fp16 in, fp32 accumulate) whose A rows 8..15 are zero: only the
-//! rows 0..7 registers a0 (k 2t, 2t+1) and a2 (k 2t+8, 2t+9) are passed; d[2], d[3] (rows 8..15) stay zero.
-__device__ __forceinline__ void mma_m16n8k16_rows8(float (&d)[4], std::uint32_t a0, std::uint32_t a2,
-                                                   std::uint32_t b0, std::uint32_t b1) {
-    const std::uint32_t zero = 0;
+//! d += A . B for one mma.m16n8k16, row.col, fp16 inputs, fp32 accumulation. Fragments (g = lane / 4, t = lane % 4):
+//! a0: A[g][2t, 2t+1], a1: A[g+8][2t, 2t+1], a2: A[g][2t+8, 2t+9], a3: A[g+8][2t+8, 2t+9];
+//! b0: B[2t, 2t+1][g], b1: B[2t+8, 2t+9][g]; d0, d1: D[g][2t, 2t+1], d2, d3: D[g+8][2t, 2t+1].
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                             std::uint32_t b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(zero), "r"(a2), "r"(zero), "r"(b0), "r"(b1));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 }  // namespace q4tp::kernels::cuda

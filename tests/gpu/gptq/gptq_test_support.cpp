@@ -68,7 +68,7 @@ GptqLayer make_random_layer(const LayerSpec& spec, std::mt19937_64& rng) {
     return layer;
 }
 
-std::vector<float> reference_dequantize_row(const GptqLayer& layer, std::int64_t k) {
+std::vector<float> reference_dequantize_row(const GptqLayer& layer, std::int64_t k, bool round_to_fp16) {
     const std::int64_t n = layer.spec.n;
     const std::int64_t g = layer.g_idx[static_cast<std::size_t>(k)];
     const bool v1 = layer.spec.format == ZeroFormat::GptqV1;
@@ -79,16 +79,27 @@ std::vector<float> reference_dequantize_row(const GptqLayer& layer, std::int64_t
             static_cast<int>((layer.qzeros[static_cast<std::size_t>(g * (n / 8) + col / 8)] >> (4 * (col % 8))) & 15u);
         const int z = v1 ? zs + 1 : zs;
         const float s = half_to_float(layer.scales[static_cast<std::size_t>(g * n + col)]);
-        row[static_cast<std::size_t>(col)] = round_to_half(s * static_cast<float>(q - z));
+        const float w = s * static_cast<float>(q - z);
+        row[static_cast<std::size_t>(col)] = round_to_fp16 ? round_to_half(w) : w;
     }
     return row;
 }
 
-std::vector<float> reference_dequantize(const GptqLayer& layer) {
+float reference_weight(const GptqLayer& layer, std::int64_t k, std::int64_t col) {
+    const std::int64_t n = layer.spec.n;
+    const std::int64_t g = layer.g_idx[static_cast<std::size_t>(k)];
+    const int q = static_cast<int>((layer.qweight[static_cast<std::size_t>((k / 8) * n + col)] >> (4 * (k % 8))) & 15u);
+    const int zs =
+        static_cast<int>((layer.qzeros[static_cast<std::size_t>(g * (n / 8) + col / 8)] >> (4 * (col % 8))) & 15u);
+    const int z = layer.spec.format == ZeroFormat::GptqV1 ? zs + 1 : zs;
+    return half_to_float(layer.scales[static_cast<std::size_t>(g * n + col)]) * static_cast<float>(q - z);
+}
+
+std::vector<float> reference_dequantize(const GptqLayer& layer, bool round_to_fp16) {
     const std::int64_t n = layer.spec.n;
     std::vector<float> w(static_cast<std::size_t>(layer.spec.k * n));
     for (std::int64_t k = 0; k < layer.spec.k; ++k) {
-        const std::vector<float> row = reference_dequantize_row(layer, k);
+        const std::vector<float> row = reference_dequantize_row(layer, k, round_to_fp16);
         std::copy(row.begin(), row.end(), w.begin() + k * n);
     }
     return w;

@@ -41,10 +41,15 @@ struct GptqLayer {
 //! Uniform random codes (any 32-bit word is 8 valid codes), scales in [0.001, 0.03), zeros per spec.
 GptqLayer make_random_layer(const LayerSpec& spec, std::mt19937_64& rng);
 
-//! The reference: W[k][n] = fp16(scale[g][n] * (q[k][n] - z[g][n])), g = g_idx[k], read from the packed tensors.
-std::vector<float> reference_dequantize(const GptqLayer& layer);
+//! The reference: W[k][n] = scale[g][n] * (q[k][n] - z[g][n]), g = g_idx[k], read from the packed tensors, rounded
+//! to fp16 as R2.11 says (round_to_fp16, what the dequantizer must reproduce bit for bit) or left as the exact fp32
+//! product (what the GEMV multiplies with: an fp16 scale times a 5-bit integer is exact in fp32).
+std::vector<float> reference_dequantize(const GptqLayer& layer, bool round_to_fp16);
 //! One row k of the reference, all N columns.
-std::vector<float> reference_dequantize_row(const GptqLayer& layer, std::int64_t k);
+std::vector<float> reference_dequantize_row(const GptqLayer& layer, std::int64_t k, bool round_to_fp16);
+
+//! One exact reference weight s (q - z) (not rounded to fp16).
+float reference_weight(const GptqLayer& layer, std::int64_t k, std::int64_t n);
 
 //! Prepared buffers (gptq_prepare's output, copied out so this header stays C++17).
 struct PreparedHost {

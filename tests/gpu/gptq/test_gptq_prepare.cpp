@@ -52,7 +52,7 @@ TEST(GptqPrepareTest, DequantizeMatchesReference_Sweep) {
                         EXPECT_EQ(p.n_padded % 32, 0);
                         EXPECT_GE(p.n_padded, n);
                         const std::vector<float> got = kc::gptq_prepared_dequantize(p);
-                        const std::vector<float> want = gptq_test::reference_dequantize(layer);
+                        const std::vector<float> want = gptq_test::reference_dequantize(layer, true);
                         ASSERT_EQ(got.size(), want.size());
                         std::size_t bad = 0;
                         for (std::size_t i = 0; i < got.size(); ++i) bad += got[i] != want[i] ? 1 : 0;
@@ -87,12 +87,14 @@ TEST(GptqPrepareTest, NibbleOrder_KnownWords) {
     s.scales = scales;
     const kc::GptqPrepared p = kc::gptq_prepare(s);
     ASSERT_EQ(p.qweight.size(), 128u);
-    // Lane 0 (t = 0), word 0 = column 0: nibbles i hold rows 8 (i % 4) + i / 4 = 0, 8, 16, 24, 1, 9, 17, 25,
-    // whose codes are 0, 8, 0, 8, 1, 9, 1, 9.
-    EXPECT_EQ(p.qweight[0], 0x91918080u);
-    // Lane 1 (t = 1), word 0: rows 2, 10, 18, 26, 3, 11, 19, 27 -> codes 2, 10, 2, 10, 3, 11, 3, 11.
-    EXPECT_EQ(p.qweight[4], 0xB3B3A2A2u);
-    // Lane 4 is column 1: all codes zero.
+    // Lane 0 (g = 0, t = 0), word 0 (n16 tile 0, k16 step 0): even nibbles are column 0 at rows 0, 8, 1, 9
+    // (codes 0, 8, 1, 9), odd nibbles column 8 (all codes 0).
+    EXPECT_EQ(p.qweight[0], 0x09010800u);
+    // Word 1 (k16 step 1): rows 16, 24, 17, 25 -> codes 0, 8, 1, 9 again.
+    EXPECT_EQ(p.qweight[1], 0x09010800u);
+    // Lane 1 (t = 1), word 0: rows 2, 10, 3, 11 -> codes 2, 10, 3, 11.
+    EXPECT_EQ(p.qweight[4], 0x0B030A02u);
+    // Lane 4 (g = 1) holds columns 1 and 9: all codes zero.
     EXPECT_EQ(p.qweight[16], 0u);
     EXPECT_TRUE(p.perm.empty());
     // Zero points: v1 stored 7 -> effective 8 in every nibble; scales permuted but all equal.
@@ -102,7 +104,7 @@ TEST(GptqPrepareTest, NibbleOrder_KnownWords) {
 }
 
 TEST(GptqPrepareTest, ScalesAndZeros_TilePermuted) {
-    // Column c of a 32-column tile lands at position 4 (c % 8) + c / 8.
+    // Column c = 16 p + 8 h + g of a 32-column tile lands at position 4 g + 2 p + h.
     const std::int64_t k = 32, n = 64;
     std::vector<std::uint32_t> qweight(static_cast<std::size_t>(k / 8 * n), 0u);
     std::vector<std::uint32_t> qzeros(n / 8, 0u);
@@ -121,7 +123,8 @@ TEST(GptqPrepareTest, ScalesAndZeros_TilePermuted) {
     s.scales = scales;
     const kc::GptqPrepared p = kc::gptq_prepare(s);
     for (std::int64_t col = 0; col < n; ++col) {
-        const std::int64_t pos = col / 32 * 32 + 4 * (col % 8) + (col % 32) / 8;
+        const std::int64_t c = col % 32;
+        const std::int64_t pos = col / 32 * 32 + 4 * (c % 8) + 2 * (c / 16) + (c / 8) % 2;
         EXPECT_EQ(half_to_float(p.scales[static_cast<std::size_t>(pos)]), static_cast<float>(col + 1)) << col;
         EXPECT_EQ((p.zeros[static_cast<std::size_t>(pos / 8)] >> (4 * (pos % 8))) & 15u,
                   static_cast<std::uint32_t>(col % 15))
