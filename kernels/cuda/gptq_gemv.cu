@@ -23,14 +23,13 @@
 //
 // Variants: one kernel template per m (1..8), chosen by the single switch in gptq_gemv. Group sizes are runtime
 // (any multiple of 32, or K), act-order is the perm pointer (nullptr = rows already in order).
-#include "kernels/cuda/gptq_gemv.h"
-
 #include <algorithm>
 #include <cstdint>
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
 #include "kernels/cuda/common/ptx.cuh"
+#include "kernels/cuda/gptq_gemv.h"
 #include "kernels/cuda/quant/int4.cuh"
 
 namespace q4tp::kernels::cuda {
@@ -45,20 +44,30 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = static_cast<int>(kGptqTileN);    // columns per warp
 constexpr int kBlockK = static_cast<int>(kGptqBlockK);  // rows per 16-byte load
 constexpr int kCtaN = kWarps * kTileN;                  // columns per CTA
-constexpr int kBlocksInFlight = 8;                      // 16-byte loads in flight per lane (32 KB per CTA)
+// Tuning knob, overridable at build time only to benchmark alternatives (scripts/gpu_kernels.sh --variants):
+// 16-byte loads in flight per lane (8: 32 KB per CTA). Q4TP_GPTQ_GEMV_CTAS_PER_SM, when defined, also asks the
+// register allocator to fit that many CTAs per SM (3: <= 80 registers, 4: <= 64); by default it is unconstrained.
+#ifndef Q4TP_GPTQ_GEMV_IN_FLIGHT
+#define Q4TP_GPTQ_GEMV_IN_FLIGHT 8
+#endif
+constexpr int kBlocksInFlight = Q4TP_GPTQ_GEMV_IN_FLIGHT;
 // About 4 CTAs per SM of a 132-SM H100: with ~2 resident per SM (register bound) that is 2 waves, enough to hide
 // the tail. A constant, not a device query, so the plan (and the workspace size) is a pure function of the shape.
 constexpr int kTargetCtas = 4 * 132;
-constexpr int kMaxStageBytes = 32 * 1024;              // activation slice in shared memory, all m rows
-constexpr int kMaxSmemBytes = 48 * 1024;               // no opt-in attribute needed up to here
+constexpr int kMaxStageBytes = 32 * 1024;  // activation slice in shared memory, all m rows
+constexpr int kMaxSmemBytes = 48 * 1024;   // no opt-in attribute needed up to here
 // Workspace: [tile counters, fixed size][fp32 partials]. The counter region has the same place and size for every
 // layer, so layers of different widths sharing one workspace never see each other's partials as counters.
-constexpr std::int64_t kMaxTiles = 4096;                // N <= 1M columns
+constexpr std::int64_t kMaxTiles = 4096;  // N <= 1M columns
 constexpr std::size_t kCounterBytes = kMaxTiles * sizeof(unsigned int);
 constexpr std::size_t kMaxPartialBytes = std::size_t{16} << 20;
 
-std::int64_t round_up(std::int64_t v, std::int64_t to) { return (v + to - 1) / to * to; }
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+std::int64_t round_up(std::int64_t v, std::int64_t to) {
+    return (v + to - 1) / to * to;
+}
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
+    return (a + b - 1) / b;
+}
 
 //! Bytes of one staged activation row of `blocks` k-blocks (64 B each), padded so consecutive rows start 64 bytes
 //! apart modulo 128: the two rows a quarter-warp reads in one 16-byte shared load then hit disjoint banks.
@@ -76,14 +85,14 @@ std::size_t partial_bytes(const GptqGemvPlan& plan, int m, std::int64_t n) {
 
 struct GemvArgs {
     const uint4* qweight;
-    const uint2* scales;          // 4 fp16 scales per lane-group, [G][N_pad / 4]
-    const std::uint32_t* zeros;   // [G][N_pad / 8]
-    const std::int32_t* perm;     // nullptr = identity
+    const uint2* scales;         // 4 fp16 scales per lane-group, [G][N_pad / 4]
+    const std::uint32_t* zeros;  // [G][N_pad / 8]
+    const std::int32_t* perm;    // nullptr = identity
     const __half* x;
     __half* y;
     const __half* residual;
-    float* partials;              // [splits][m][N_pad]
-    unsigned int* counters;       // [n_tiles]
+    float* partials;         // [splits][m][N_pad]
+    unsigned int* counters;  // [n_tiles]
     long long ldx;
     long long ldy;
     long long ldr;
@@ -91,10 +100,10 @@ struct GemvArgs {
     int n_padded;
     int k_blocks;
     int tiles32;
-    int group_blocks;             // group_size / 32
+    int group_blocks;  // group_size / 32
     int blocks_per_split;
     int splits;
-    int stage_row_u4;             // staged row stride in 16-byte units
+    int stage_row_u4;  // staged row stride in 16-byte units
 };
 
 struct DequantArgs {
@@ -117,7 +126,9 @@ struct DequantArgs {
 //! Position (in halves) of row c (0..31) of a k-block inside its staged 32-half B-fragment group: lane t reads
 //! halves [8t, 8t+8) = rows (2t, 2t+1), (2t+8, 2t+9), (2t+16, 2t+17), (2t+24, 2t+25), i.e. the registers b0, b1
 //! of the first and of the second k16 step.
-__device__ __forceinline__ int staged_position(int c) { return 8 * ((c % 8) / 2) + 2 * (c / 8) + (c % 2); }
+__device__ __forceinline__ int staged_position(int c) {
+    return 8 * ((c % 8) / 2) + 2 * (c / 8) + (c % 2);
+}
 
 //! fp16 bits (low half of `bits` when !high) to float.
 __device__ __forceinline__ float half_bits_to_float(std::uint32_t bits, bool high) {
@@ -127,8 +138,14 @@ __device__ __forceinline__ float half_bits_to_float(std::uint32_t bits, bool hig
 // ------------------------------------------------------------------------------------------------
 // Kernels
 
+#ifdef Q4TP_GPTQ_GEMV_CTAS_PER_SM
+#define Q4TP_GPTQ_GEMV_BOUNDS __launch_bounds__(kThreads, Q4TP_GPTQ_GEMV_CTAS_PER_SM)
+#else
+#define Q4TP_GPTQ_GEMV_BOUNDS __launch_bounds__(kThreads)
+#endif
+
 template <int M>
-__global__ void __launch_bounds__(kThreads) gptq_gemv_kernel(const GemvArgs a) {
+__global__ void Q4TP_GPTQ_GEMV_BOUNDS gptq_gemv_kernel(const GemvArgs a) {
     // Shared memory: [M][stage_row_u4] activations of this K slice in B-fragment order, then
     // [blocks_per_split][8] fp32 sums of each row's activations over each 32-row block (the zero-point term).
     extern __shared__ uint4 stage[];
@@ -377,7 +394,9 @@ __global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArg
 // ------------------------------------------------------------------------------------------------
 // Launch configuration
 
-bool is_aligned(const void* p, std::size_t to) { return reinterpret_cast<std::uintptr_t>(p) % to == 0; }
+bool is_aligned(const void* p, std::size_t to) {
+    return reinterpret_cast<std::uintptr_t>(p) % to == 0;
+}
 
 bool ranges_overlap(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes) {
     const auto a0 = reinterpret_cast<std::uintptr_t>(a);
@@ -431,13 +450,14 @@ GptqGemvPlan gptq_gemv_plan(int m, std::int64_t k, std::int64_t n) {
     if (partial_bytes(plan, m, n) > kMaxPartialBytes) {
         // Fewer, longer slices so the partials fit the fixed workspace (never for Llama shapes; see the notes).
         const std::int64_t row_bytes = static_cast<std::int64_t>(m) * round_up(n, kTileN) * 4;
-        const std::int64_t max_splits = std::max<std::int64_t>(1, static_cast<std::int64_t>(kMaxPartialBytes) / row_bytes);
+        const std::int64_t max_splits =
+            std::max<std::int64_t>(1, static_cast<std::int64_t>(kMaxPartialBytes) / row_bytes);
         plan.blocks_per_split = static_cast<int>(round_up(ceil_div(k_blocks, max_splits), kBlocksInFlight));
         plan.splits = static_cast<int>(ceil_div(k_blocks, plan.blocks_per_split));
     }
     plan.smem_bytes = m * stage_row_bytes(plan.blocks_per_split) + plan.blocks_per_split * 8 * 4;
-    Q4TP_CHECK(plan.n_tiles <= kMaxTiles, "gptq_gemv: N = " << n << " needs " << plan.n_tiles
-                                                            << " column tiles, more than " << kMaxTiles);
+    Q4TP_CHECK(plan.n_tiles <= kMaxTiles,
+               "gptq_gemv: N = " << n << " needs " << plan.n_tiles << " column tiles, more than " << kMaxTiles);
     Q4TP_CHECK(plan.smem_bytes <= kMaxSmemBytes && plan.splits <= 65535,
                "gptq_gemv: m " << m << " K " << k << " N " << n << " needs " << plan.splits << " K-slices of "
                                << plan.blocks_per_split * kBlockK << " rows (" << plan.smem_bytes
@@ -453,11 +473,13 @@ std::size_t gptq_gemv_workspace_bytes(int max_m, std::int64_t k, std::int64_t n)
     return kCounterBytes + partials;
 }
 
-std::size_t gptq_gemv_workspace_bytes() { return kCounterBytes + kMaxPartialBytes; }
+std::size_t gptq_gemv_workspace_bytes() {
+    return kCounterBytes + kMaxPartialBytes;
+}
 
 void gptq_gemv_workspace_init(void* workspace, std::size_t bytes, cudaStream_t stream) {
-    Q4TP_CHECK(workspace != nullptr && bytes > 0, "gptq_gemv_workspace_init: workspace " << workspace << " of "
-                                                                                            << bytes << " bytes");
+    Q4TP_CHECK(workspace != nullptr && bytes > 0,
+               "gptq_gemv_workspace_init: workspace " << workspace << " of " << bytes << " bytes");
     Q4TP_CUDA_CHECK(cudaMemsetAsync(workspace, 0, bytes, stream));
 }
 
@@ -468,10 +490,10 @@ void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
     const std::int64_t ldx = p.ldx == 0 ? w.k : p.ldx;
     const std::int64_t ldy = p.ldy == 0 ? w.n : p.ldy;
     const std::int64_t ldr = p.ldr == 0 ? w.n : p.ldr;
-    Q4TP_CHECK(p.x != nullptr && ldx >= w.k, "gptq_gemv: x " << static_cast<const void*>(p.x) << " with ldx "
-                                                             << p.ldx << ", expected non-null and ldx >= K = " << w.k);
-    Q4TP_CHECK(p.y != nullptr && ldy >= w.n, "gptq_gemv: y " << static_cast<const void*>(p.y) << " with ldy "
-                                                             << p.ldy << ", expected non-null and ldy >= N = " << w.n);
+    Q4TP_CHECK(p.x != nullptr && ldx >= w.k, "gptq_gemv: x " << static_cast<const void*>(p.x) << " with ldx " << p.ldx
+                                                             << ", expected non-null and ldx >= K = " << w.k);
+    Q4TP_CHECK(p.y != nullptr && ldy >= w.n, "gptq_gemv: y " << static_cast<const void*>(p.y) << " with ldy " << p.ldy
+                                                             << ", expected non-null and ldy >= N = " << w.n);
     const std::size_t x_bytes = static_cast<std::size_t>((p.m - 1) * ldx + w.k) * sizeof(__half);
     const std::size_t y_bytes = static_cast<std::size_t>((p.m - 1) * ldy + w.n) * sizeof(__half);
     Q4TP_CHECK(!ranges_overlap(p.x, x_bytes, p.y, y_bytes),
@@ -484,7 +506,8 @@ void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
     }
     const std::size_t need = kCounterBytes + partial_bytes(plan, p.m, w.n);
     Q4TP_CHECK(p.workspace != nullptr && is_aligned(p.workspace, 16) && p.workspace_bytes >= need,
-               "gptq_gemv: workspace " << p.workspace << " of " << p.workspace_bytes << " bytes, expected 16-byte aligned "
+               "gptq_gemv: workspace " << p.workspace << " of " << p.workspace_bytes
+                                       << " bytes, expected 16-byte aligned "
                                        << "and >= " << need << " (gptq_gemv_workspace_bytes(" << p.m << ", " << w.k
                                        << ", " << w.n << "))");
 
@@ -511,24 +534,41 @@ void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
     args.stage_row_u4 = stage_row_bytes(plan.blocks_per_split) / 16;
 
     switch (p.m) {
-        case 1: launch_gemv<1>(args, plan, stream); break;
-        case 2: launch_gemv<2>(args, plan, stream); break;
-        case 3: launch_gemv<3>(args, plan, stream); break;
-        case 4: launch_gemv<4>(args, plan, stream); break;
-        case 5: launch_gemv<5>(args, plan, stream); break;
-        case 6: launch_gemv<6>(args, plan, stream); break;
-        case 7: launch_gemv<7>(args, plan, stream); break;
-        case 8: launch_gemv<8>(args, plan, stream); break;
-        default: Q4TP_THROW("gptq_gemv: m = " << p.m << ", expected 1.." << kGptqGemvMaxM);
+        case 1:
+            launch_gemv<1>(args, plan, stream);
+            break;
+        case 2:
+            launch_gemv<2>(args, plan, stream);
+            break;
+        case 3:
+            launch_gemv<3>(args, plan, stream);
+            break;
+        case 4:
+            launch_gemv<4>(args, plan, stream);
+            break;
+        case 5:
+            launch_gemv<5>(args, plan, stream);
+            break;
+        case 6:
+            launch_gemv<6>(args, plan, stream);
+            break;
+        case 7:
+            launch_gemv<7>(args, plan, stream);
+            break;
+        case 8:
+            launch_gemv<8>(args, plan, stream);
+            break;
+        default:
+            Q4TP_THROW("gptq_gemv: m = " << p.m << ", expected 1.." << kGptqGemvMaxM);
     }
 }
 
 void gptq_dequantize(const GptqDequantParams& p, cudaStream_t stream) {
     const GptqWeights& w = p.weights;
     check_weights(w, "gptq_dequantize");
-    Q4TP_CHECK(p.w != nullptr && p.ldw >= w.n, "gptq_dequantize: output " << static_cast<const void*>(p.w)
-                                                                          << " with ldw " << p.ldw
-                                                                          << ", expected non-null and ldw >= N = " << w.n);
+    Q4TP_CHECK(p.w != nullptr && p.ldw >= w.n, "gptq_dequantize: output "
+                                                   << static_cast<const void*>(p.w) << " with ldw " << p.ldw
+                                                   << ", expected non-null and ldw >= N = " << w.n);
     DequantArgs args{};
     args.qweight = reinterpret_cast<const uint4*>(w.qweight);
     args.scales = reinterpret_cast<const uint2*>(w.scales);

@@ -3,9 +3,10 @@
 //! Weights are the buffers of gptq_prepare (kernels/cuda/gptq_prepare.h) uploaded unchanged.
 //!
 //! Usage: size the workspace once with gptq_gemv_workspace_bytes() (any layer) or gptq_gemv_workspace_bytes(max m,
-//! K, N) (one shape), allocate it, clear it once with gptq_gemv_workspace_init, then call gptq_gemv per step. The launch allocates nothing, never synchronizes
-//! with the host and leaves the workspace as it found it, so it can be captured in a CUDA graph and replayed.
-//! One workspace serves any number of layers launched one after the other on one stream, not concurrent launches.
+//! K, N) (one shape), allocate it, clear it once with gptq_gemv_workspace_init, then call gptq_gemv per step. The
+//! launch allocates nothing, never synchronizes with the host and leaves the workspace as it found it, so it can be
+//! captured in a CUDA graph and replayed. One workspace serves any number of layers launched one after the other on one
+//! stream, not concurrent launches.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -38,16 +39,16 @@ struct GptqWeights {
 //! Arguments of one GEMV launch. Row strides are in elements.
 struct GptqGemvParams {
     GptqWeights weights;
-    int m = 0;                               //!< activation rows, 1..8
-    const __half* x = nullptr;               //!< [m][ldx], original input-row order; must not overlap y
-    std::int64_t ldx = 0;                    //!< >= K; 0 means K (dense)
-    __half* y = nullptr;                     //!< [m][ldy]
-    std::int64_t ldy = 0;                    //!< >= N; 0 means N (dense)
-    const __half* residual = nullptr;        //!< [m][ldr] added in fp32 before rounding; nullptr = none.
-                                             //!< May be y itself (in-place residual add) with ldr == ldy.
-    std::int64_t ldr = 0;                    //!< >= N; 0 means N (dense)
-    void* workspace = nullptr;               //!< gptq_gemv_workspace_bytes() (or the shape's) bytes, 16-byte
-                                             //!< aligned, cleared once by gptq_gemv_workspace_init
+    int m = 0;                         //!< activation rows, 1..8
+    const __half* x = nullptr;         //!< [m][ldx], original input-row order; must not overlap y
+    std::int64_t ldx = 0;              //!< >= K; 0 means K (dense)
+    __half* y = nullptr;               //!< [m][ldy]
+    std::int64_t ldy = 0;              //!< >= N; 0 means N (dense)
+    const __half* residual = nullptr;  //!< [m][ldr] added in fp32 before rounding; nullptr = none.
+                                       //!< May be y itself (in-place residual add) with ldr == ldy.
+    std::int64_t ldr = 0;              //!< >= N; 0 means N (dense)
+    void* workspace = nullptr;         //!< gptq_gemv_workspace_bytes() (or the shape's) bytes, 16-byte
+                                       //!< aligned, cleared once by gptq_gemv_workspace_init
     std::size_t workspace_bytes = 0;
 };
 
@@ -77,8 +78,8 @@ void gptq_gemv(const GptqGemvParams& params, cudaStream_t stream);
 //! Arguments of the dequantizer.
 struct GptqDequantParams {
     GptqWeights weights;
-    __half* w = nullptr;        //!< [K][ldw] output, ORIGINAL row order (perm undone), so x is used as it is
-    std::int64_t ldw = 0;       //!< >= N
+    __half* w = nullptr;   //!< [K][ldw] output, ORIGINAL row order (perm undone), so x is used as it is
+    std::int64_t ldw = 0;  //!< >= N
 };
 
 //! W[k][n] = fp16(s (q - z)) for the prefill path (dequantize, then a cuBLAS GEMM with unpermuted x), columns

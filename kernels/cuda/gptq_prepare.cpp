@@ -19,14 +19,22 @@ constexpr int kWordsPerLane = 4;
 
 //! Word j of lane L (g = L / 4, t = L % 4) in a 32 x 32 block is the A fragment of n16 tile p = j / 2 and k16 step
 //! s = j % 2; its nibble i holds column 16 p + g + 8 (i % 2) at block row 16 s + 2t + 8 ((i % 4) / 2) + i / 4.
-constexpr int word_column(int j, int g, int nibble) { return 16 * (j / 2) + g + 8 * (nibble % 2); }
-constexpr int word_row(int j, int t, int nibble) { return 16 * (j % 2) + 2 * t + 8 * ((nibble % 4) / 2) + nibble / 4; }
+constexpr int word_column(int j, int g, int nibble) {
+    return 16 * (j / 2) + g + 8 * (nibble % 2);
+}
+constexpr int word_row(int j, int t, int nibble) {
+    return 16 * (j % 2) + 2 * t + 8 * ((nibble % 4) / 2) + nibble / 4;
+}
 
 //! Position of column c (0..31) of a tile inside the tile-permuted scales and zeros: 4 g + 2 p + h for
 //! c = 16 p + 8 h + g, so lane group g finds its 4 columns' scales in one 8-byte load.
-constexpr int meta_position(int c) { return 4 * (c % 8) + 2 * (c / 16) + (c / 8) % 2; }
+constexpr int meta_position(int c) {
+    return 4 * (c % 8) + 2 * (c / 16) + (c / 8) % 2;
+}
 
-std::string layer_name(const GptqSource& s) { return s.name.empty() ? std::string("gptq layer") : s.name; }
+std::string layer_name(const GptqSource& s) {
+    return s.name.empty() ? std::string("gptq layer") : s.name;
+}
 
 }  // namespace
 
@@ -72,8 +80,8 @@ GptqPrepared gptq_prepare(const GptqSource& s) {
     const std::int64_t n_pad = p.n_padded;
 
     const auto expect_size = [&](std::size_t got, std::int64_t want, const char* tensor, const char* shape) {
-        Q4TP_CHECK(got == static_cast<std::size_t>(want), name << "." << tensor << " holds " << got
-                                                               << " elements, expected " << shape << " = " << want);
+        Q4TP_CHECK(got == static_cast<std::size_t>(want),
+                   name << "." << tensor << " holds " << got << " elements, expected " << shape << " = " << want);
     };
     expect_size(s.qweight.size(), k / 8 * n, "qweight", "[K/8][N]");
     expect_size(s.qzeros.size(), groups * (n / 8), "qzeros", "[G][N/8]");
@@ -154,12 +162,13 @@ GptqPrepared gptq_prepare(const GptqSource& s) {
 
 std::vector<float> gptq_prepared_dequantize(const GptqPrepared& p) {
     Q4TP_CHECK(p.k > 0 && p.k % kGptqBlockK == 0 && p.n > 0 && p.n_padded % kGptqTileN == 0 && p.group_size > 0,
-               "gptq_prepared_dequantize: inconsistent prepared layer K " << p.k << " N " << p.n << " N_pad "
-                                                                           << p.n_padded << " group_size " << p.group_size);
+               "gptq_prepared_dequantize: inconsistent prepared layer K "
+                   << p.k << " N " << p.n << " N_pad " << p.n_padded << " group_size " << p.group_size);
     const std::int64_t k_blocks = p.k / kGptqBlockK;
-    Q4TP_CHECK(p.qweight.size() == static_cast<std::size_t>(p.n_padded / kGptqTileN * k_blocks * kLanes * kWordsPerLane),
-               "gptq_prepared_dequantize: qweight holds " << p.qweight.size() << " words, expected "
-                                                          << p.n_padded / kGptqTileN * k_blocks * kLanes * kWordsPerLane);
+    Q4TP_CHECK(
+        p.qweight.size() == static_cast<std::size_t>(p.n_padded / kGptqTileN * k_blocks * kLanes * kWordsPerLane),
+        "gptq_prepared_dequantize: qweight holds " << p.qweight.size() << " words, expected "
+                                                   << p.n_padded / kGptqTileN * k_blocks * kLanes * kWordsPerLane);
     Q4TP_CHECK(p.perm.empty() || p.perm.size() == static_cast<std::size_t>(p.k),
                "gptq_prepared_dequantize: perm holds " << p.perm.size() << " entries, expected 0 or K = " << p.k);
     std::vector<float> w(static_cast<std::size_t>(p.k * p.n));
@@ -179,8 +188,8 @@ std::vector<float> gptq_prepared_dequantize(const GptqPrepared& p) {
             const int lane = 4 * (c % 8) + t;
             const int j = 2 * (c / 16) + step;
             const int nib = nib_k + (c / 8) % 2;
-            const std::uint32_t word = p.qweight[static_cast<std::size_t>(((tile * k_blocks + b) * kLanes + lane) *
-                                                                              kWordsPerLane + j)];
+            const std::uint32_t word =
+                p.qweight[static_cast<std::size_t>(((tile * k_blocks + b) * kLanes + lane) * kWordsPerLane + j)];
             const int q = static_cast<int>((word >> (4 * nib)) & 15u);
             const std::int64_t pos = tile * kGptqTileN + meta_position(c);
             const int z = static_cast<int>(

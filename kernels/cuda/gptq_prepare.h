@@ -37,10 +37,10 @@ namespace q4tp::kernels::cuda {
 
 //! The GPTQ tensors of one layer exactly as stored in the checkpoint (docs/formats.md §2.2-2.5).
 struct GptqSource {
-    std::string name;                        //!< tensor prefix, for messages
-    std::int64_t k = 0;                      //!< in_features K, multiple of 32
-    std::int64_t n = 0;                      //!< out_features N, multiple of 8
-    std::int64_t group_size = -1;            //!< as configured: -1 means K; otherwise a multiple of 32
+    std::string name;              //!< tensor prefix, for messages
+    std::int64_t k = 0;            //!< in_features K, multiple of 32
+    std::int64_t n = 0;            //!< out_features N, multiple of 8
+    std::int64_t group_size = -1;  //!< as configured: -1 means K; otherwise a multiple of 32
     ZeroFormat zero_format = ZeroFormat::GptqV1;
     std::span<const std::uint32_t> qweight;  //!< [K/8][N], row 8r in the low nibble (R2.4)
     std::span<const std::uint32_t> qzeros;   //!< [G][N/8], stored zeros, column 8c in the low nibble (R2.5)
@@ -52,13 +52,13 @@ struct GptqSource {
 struct GptqPrepared {
     std::int64_t k = 0;
     std::int64_t n = 0;
-    std::int64_t n_padded = 0;              //!< roundup(N, 32)
-    std::int64_t group_size = 0;            //!< effective: K when configured as -1
-    std::int64_t num_groups = 0;            //!< G = ceil(K / group_size)
-    std::vector<std::uint32_t> qweight;     //!< [N_pad/32][K/32][32][4]
-    std::vector<std::uint16_t> scales;      //!< [G][N_pad] fp16 bits, tile-permuted
-    std::vector<std::uint32_t> zeros;       //!< [G][N_pad/8] effective zero points, tile-permuted
-    std::vector<std::int32_t> perm;         //!< [K] sorted row -> original row; empty when g_idx is sequential
+    std::int64_t n_padded = 0;           //!< roundup(N, 32)
+    std::int64_t group_size = 0;         //!< effective: K when configured as -1
+    std::int64_t num_groups = 0;         //!< G = ceil(K / group_size)
+    std::vector<std::uint32_t> qweight;  //!< [N_pad/32][K/32][32][4]
+    std::vector<std::uint16_t> scales;   //!< [G][N_pad] fp16 bits, tile-permuted
+    std::vector<std::uint32_t> zeros;    //!< [G][N_pad/8] effective zero points, tile-permuted
+    std::vector<std::int32_t> perm;      //!< [K] sorted row -> original row; empty when g_idx is sequential
 };
 
 //! Validates a layer (sizes, K % 32, N % 8, group size, g_idx range and group populations, R2.12 v1 nibble 0xF)

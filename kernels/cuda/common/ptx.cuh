@@ -1,10 +1,7 @@
-//! Small device helpers over PTX: streaming 16-byte loads, the fp16 tensor-core mma, and bit casts.
+//! Small device helpers over PTX: streaming and predicated loads, and the fp16 tensor-core mma.
 #pragma once
 
-#include <cuda_fp16.h>
-
 #include <cstdint>
-#include <cstring>
 
 namespace q4tp::kernels::cuda {
 
@@ -39,22 +36,12 @@ __device__ __forceinline__ void load_if(std::uint32_t& v, const std::uint32_t* p
                  : "l"(ptr), "r"(static_cast<int>(pred)));
 }
 
-__device__ __forceinline__ __half2 as_half2(std::uint32_t bits) {
-    __half2 h;
-    std::memcpy(&h, &bits, sizeof(h));
-    return h;
-}
-
-__device__ __forceinline__ std::uint32_t as_u32(__half2 h) {
-    std::uint32_t bits;
-    std::memcpy(&bits, &h, sizeof(bits));
-    return bits;
-}
-
 //! d += A . B for one mma.m16n8k16, row.col, fp16 inputs, fp32 accumulation. Fragments (g = lane / 4, t = lane % 4):
 //! a0: A[g][2t, 2t+1], a1: A[g+8][2t, 2t+1], a2: A[g][2t+8, 2t+9], a3: A[g+8][2t+8, 2t+9];
 //! b0: B[2t, 2t+1][g], b1: B[2t+8, 2t+9][g]; d0, d1: D[g][2t, 2t+1], d2, d3: D[g+8][2t, 2t+1].
-__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4],
+                                             const std::uint32_t (&a)[4],
+                                             std::uint32_t b0,
                                              std::uint32_t b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};"

@@ -37,8 +37,12 @@ __device__ __forceinline__ void int4_codes_word(std::uint32_t w, std::uint32_t (
 
 //! Row (k) and column offsets of nibble i of a prepared word for mma thread-in-group t: the word of n16 tile p and
 //! k16 step s holds column 16 p + g + column_offset and k = 16 s + k_offset.
-__host__ __device__ constexpr int int4_nibble_k(int nibble, int t) { return 2 * t + 8 * ((nibble % 4) / 2) + nibble / 4; }
-__host__ __device__ constexpr int int4_nibble_column(int nibble) { return 8 * (nibble % 2); }
+__host__ __device__ constexpr int int4_nibble_k(int nibble, int t) {
+    return 2 * t + 8 * ((nibble % 4) / 2) + nibble / 4;
+}
+__host__ __device__ constexpr int int4_nibble_column(int nibble) {
+    return 8 * (nibble % 2);
+}
 
 //! Exact reference dequantization of one weight: fp16(s (q - z)), the product being exact in fp32.
 __device__ __forceinline__ __half int4_dequant(int q, int z, float scale) {

@@ -46,12 +46,12 @@ struct Shape {
 };
 
 const Shape kShapes[] = {
-    {"7B", "qkv", 4096, 12288, 32},     {"7B", "o", 4096, 4096, 32},       {"7B", "gate+up", 4096, 22016, 32},
-    {"7B", "down", 11008, 4096, 32},    {"13B", "qkv", 5120, 15360, 40},   {"13B", "o", 5120, 5120, 40},
-    {"13B", "gate+up", 5120, 27648, 40}, {"13B", "down", 13824, 5120, 40}, {"70B", "qkv", 8192, 10240, 80},
-    {"70B", "o", 8192, 8192, 80},       {"70B", "gate+up", 8192, 57344, 80}, {"70B", "down", 28672, 8192, 80},
+    {"7B", "qkv", 4096, 12288, 32},      {"7B", "o", 4096, 4096, 32},         {"7B", "gate+up", 4096, 22016, 32},
+    {"7B", "down", 11008, 4096, 32},     {"13B", "qkv", 5120, 15360, 40},     {"13B", "o", 5120, 5120, 40},
+    {"13B", "gate+up", 5120, 27648, 40}, {"13B", "down", 13824, 5120, 40},    {"70B", "qkv", 8192, 10240, 80},
+    {"70B", "o", 8192, 8192, 80},        {"70B", "gate+up", 8192, 57344, 80}, {"70B", "down", 28672, 8192, 80},
 };
-constexpr int kMs[] = {1, 2, 4, 8};
+std::vector<int> g_ms = {1, 2, 4, 8};  // --quick: {1}
 
 __device__ std::uint32_t hash32(std::uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;
@@ -79,7 +79,9 @@ __global__ void fill_halves(__half* p, long long count, std::uint64_t seed, floa
     }
 }
 
-void check_launch() { Q4TP_CUDA_CHECK(cudaGetLastError()); }
+void check_launch() {
+    Q4TP_CUDA_CHECK(cudaGetLastError());
+}
 
 struct Copy {
     DeviceBuffer<std::uint32_t> qweight;
@@ -144,7 +146,7 @@ std::vector<Result> bench_shape(const Shape& s, cudaStream_t stream, void* ws, s
         fill_words<<<1024, 256, 0, stream>>>(cp.qweight.data(), static_cast<long long>(qweight_words), 10 + c);
         check_launch();
         fill_halves<<<1024, 256, 0, stream>>>(reinterpret_cast<__half*>(cp.scales.data()),
-                                               static_cast<long long>(scale_count), 1000 + c, 0.001f, 0.03f);
+                                              static_cast<long long>(scale_count), 1000 + c, 0.001f, 0.03f);
         check_launch();
         fill_words<<<1024, 256, 0, stream>>>(cp.zeros.data(), static_cast<long long>(zero_words), 2000 + c);
         check_launch();
@@ -168,7 +170,7 @@ std::vector<Result> bench_shape(const Shape& s, cudaStream_t stream, void* ws, s
     Q4TP_CUDA_CHECK(cudaEventCreate(&e1));
     std::vector<Result> results;
     for (const bool act : {false, true}) {
-        for (const int m : kMs) {
+        for (const int m : g_ms) {
             cudaGraph_t graph = nullptr;
             Q4TP_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
             for (int i = 0; i < kLaunchesPerGraph; ++i) {
@@ -206,11 +208,12 @@ std::vector<Result> bench_shape(const Shape& s, cudaStream_t stream, void* ws, s
             Q4TP_CUDA_CHECK(cudaGraphDestroy(graph));
             const double us = median(ms) * 1e3 / kLaunchesPerGraph;
             Result r{&s, m, act, kc::gptq_gemv_plan(m, s.k, s.n).splits, us, bytes / (us * 1e-6) / 1e9};
-            std::printf("%-4s %-8s K=%-6lld N=%-6lld MB=%-7.1f copies=%-3d m=%d act=%d splits=%-3d %8.2f us %7.0f GB/s"
-                        "  %5.1f%% of %.2f  %5.1f%% of %.2f\n",
-                        s.model, s.layer, static_cast<long long>(s.k), static_cast<long long>(s.n), bytes / 1e6,
-                        copies, m, act ? 1 : 0, r.splits, us, r.gbs, r.gbs / (g_copy_tbs * 10), g_copy_tbs,
-                        r.gbs / (g_spec_tbs * 10), g_spec_tbs);
+            std::printf(
+                "%-4s %-8s K=%-6lld N=%-6lld MB=%-7.1f copies=%-3d m=%d act=%d splits=%-3d %8.2f us %7.0f GB/s"
+                "  %5.1f%% of %.2f  %5.1f%% of %.2f\n",
+                s.model, s.layer, static_cast<long long>(s.k), static_cast<long long>(s.n), bytes / 1e6, copies, m,
+                act ? 1 : 0, r.splits, us, r.gbs, r.gbs / (g_copy_tbs * 10), g_copy_tbs, r.gbs / (g_spec_tbs * 10),
+                g_spec_tbs);
             results.push_back(r);
         }
     }
@@ -226,7 +229,15 @@ const Result& find(const std::vector<Result>& all, const Shape& s, int m, bool a
     Q4TP_THROW("bench: no result for " << s.model << " " << s.layer << " m=" << m);
 }
 
-int run() {
+int run(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--quick") {
+            g_ms = {1};
+        } else {
+            Q4TP_THROW("bench_gptq_gemv: unknown argument '" << arg << "' (expected --quick)");
+        }
+    }
     int device = 0;
     Q4TP_CUDA_CHECK(cudaGetDevice(&device));
     cudaDeviceProp prop{};
@@ -249,22 +260,28 @@ int run() {
 
     std::printf("\n== GPTQ int4 GEMV, group 128, cold weights, median of %d x %d graph launches ==\n", kReplays,
                 kLaunchesPerGraph);
-    std::printf("card: %s; %% columns are of the copy measured now (%.2f TB/s) / of the spec (%.2f TB/s)\n",
-                prop.name, copy_tbs, g_spec_tbs);
-    std::printf("%-4s %-8s %6s %6s | %-22s | %-22s | %7s %7s %7s | %-22s\n", "mdl", "layer", "K", "N",
-                "m=1 us  GB/s %copy/spec", "m=1 act-order", "m=2 us", "m=4 us", "m=8 us", "m=8 GB/s %copy");
+    std::printf("card: %s; %% columns are of the copy measured now (%.2f TB/s) / of the spec (%.2f TB/s)\n", prop.name,
+                copy_tbs, g_spec_tbs);
+    const bool all_ms = g_ms.size() == 4;
+    std::printf("%-4s %-8s %6s %6s | %-22s | %-22s", "mdl", "layer", "K", "N", "m=1 us  GB/s %copy/spec",
+                "m=1 act-order");
+    if (all_ms) std::printf(" | %7s %7s %7s | %-14s", "m=2 us", "m=4 us", "m=8 us", "m=8 GB/s %copy");
+    std::printf("\n");
     for (const Shape& s : kShapes) {
         const Result& r1 = find(all, s, 1, false);
         const Result& a1 = find(all, s, 1, true);
-        const Result& r8 = find(all, s, 8, false);
-        std::printf("%-4s %-8s %6lld %6lld | %6.1f %5.0f %3.0f/%3.0f | %6.1f %5.0f %3.0f/%3.0f | %7.1f %7.1f %7.1f | "
-                    "%7.0f %5.0f%%\n",
-                    s.model, s.layer, static_cast<long long>(s.k), static_cast<long long>(s.n), r1.us, r1.gbs,
-                    r1.gbs / (g_copy_tbs * 10), r1.gbs / (g_spec_tbs * 10), a1.us, a1.gbs, a1.gbs / (g_copy_tbs * 10),
-                    a1.gbs / (g_spec_tbs * 10), find(all, s, 2, false).us, find(all, s, 4, false).us, r8.us, r8.gbs,
-                    r8.gbs / (g_copy_tbs * 10));
+        std::printf("%-4s %-8s %6lld %6lld | %6.1f %5.0f %3.0f/%3.0f | %6.1f %5.0f %3.0f/%3.0f", s.model, s.layer,
+                    static_cast<long long>(s.k), static_cast<long long>(s.n), r1.us, r1.gbs, r1.gbs / (g_copy_tbs * 10),
+                    r1.gbs / (g_spec_tbs * 10), a1.us, a1.gbs, a1.gbs / (g_copy_tbs * 10), a1.gbs / (g_spec_tbs * 10));
+        if (all_ms) {
+            const Result& r8 = find(all, s, 8, false);
+            std::printf(" | %7.1f %7.1f %7.1f | %7.0f %5.0f%%", find(all, s, 2, false).us, find(all, s, 4, false).us,
+                        r8.us, r8.gbs, r8.gbs / (g_copy_tbs * 10));
+        }
+        std::printf("\n");
     }
     // GEMV time per decoded token (m = 1) if the layers ran back to back like this, and the tokens/s it allows.
+    std::string summary = "summary (GEMV us per token, m=1, in-order/act-order):";
     for (const char* model : {"7B", "13B", "70B"}) {
         for (const bool act : {false, true}) {
             double us = 0;
@@ -276,17 +293,19 @@ int run() {
             }
             std::printf("%-4s m=1 %-9s GEMVs per token: %7.0f us -> <= %4.0f tokens/s from the GEMVs alone\n", model,
                         act ? "act-order" : "in-order", us * layers, 1e6 / (us * layers));
+            summary += (act ? "/" : std::string(" ") + model + "=") + std::to_string(static_cast<int>(us * layers));
         }
     }
+    std::printf("%s\n", summary.c_str());
     Q4TP_CUDA_CHECK(cudaStreamDestroy(stream));
     return 0;
 }
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
     try {
-        return run();
+        return run(argc, argv);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_gptq_gemv: %s\n", e.what());
         return 1;

@@ -74,7 +74,8 @@ std::vector<float> reference_dequantize_row(const GptqLayer& layer, std::int64_t
     const bool v1 = layer.spec.format == ZeroFormat::GptqV1;
     std::vector<float> row(static_cast<std::size_t>(n));
     for (std::int64_t col = 0; col < n; ++col) {
-        const int q = static_cast<int>((layer.qweight[static_cast<std::size_t>((k / 8) * n + col)] >> (4 * (k % 8))) & 15u);
+        const int q =
+            static_cast<int>((layer.qweight[static_cast<std::size_t>((k / 8) * n + col)] >> (4 * (k % 8))) & 15u);
         const int zs =
             static_cast<int>((layer.qzeros[static_cast<std::size_t>(g * (n / 8) + col / 8)] >> (4 * (col % 8))) & 15u);
         const int z = v1 ? zs + 1 : zs;
@@ -162,8 +163,13 @@ DeviceLayer upload(const PreparedHost& p) {
     return d;
 }
 
-void reference_gemv(const std::vector<float>& w, std::int64_t k, std::int64_t n, const std::vector<float>& x, int m,
-                    std::vector<double>& y, std::vector<double>& abs) {
+void reference_gemv(const std::vector<float>& w,
+                    std::int64_t k,
+                    std::int64_t n,
+                    const std::vector<float>& x,
+                    int m,
+                    std::vector<double>& y,
+                    std::vector<double>& abs) {
     y.assign(static_cast<std::size_t>(m * n), 0.0);
     abs.assign(static_cast<std::size_t>(m * n), 0.0);
     for (int row = 0; row < m; ++row) {

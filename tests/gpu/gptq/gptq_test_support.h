@@ -21,8 +21,8 @@ struct LayerSpec {
     std::int64_t n = 0;
     std::int64_t group_size = 128;  //!< as configured; -1 = K
     ZeroFormat format = ZeroFormat::GptqV1;
-    bool act_order = false;         //!< g_idx from a random permutation (R2.15) instead of k / group_size
-    bool symmetric = true;          //!< every z = 8; otherwise random z (v1: 1..15, v2: 0..15)
+    bool act_order = false;  //!< g_idx from a random permutation (R2.15) instead of k / group_size
+    bool symmetric = true;   //!< every z = 8; otherwise random z (v1: 1..15, v2: 0..15)
 
     std::string str() const;
 };
@@ -30,12 +30,12 @@ struct LayerSpec {
 //! A layer as a checkpoint stores it (docs/formats.md §2.2).
 struct GptqLayer {
     LayerSpec spec;
-    std::int64_t group_size = 0;            //!< effective
+    std::int64_t group_size = 0;  //!< effective
     std::int64_t num_groups = 0;
-    std::vector<std::uint32_t> qweight;     //!< [K/8][N]
-    std::vector<std::uint32_t> qzeros;      //!< [G][N/8] stored zeros in spec.format
-    std::vector<std::uint16_t> scales;      //!< [G][N] fp16 bits
-    std::vector<std::int32_t> g_idx;        //!< [K]
+    std::vector<std::uint32_t> qweight;  //!< [K/8][N]
+    std::vector<std::uint32_t> qzeros;   //!< [G][N/8] stored zeros in spec.format
+    std::vector<std::uint16_t> scales;   //!< [G][N] fp16 bits
+    std::vector<std::int32_t> g_idx;     //!< [K]
 };
 
 //! Uniform random codes (any 32-bit word is 8 valid codes), scales in [0.001, 0.03), zeros per spec.
@@ -80,7 +80,12 @@ DeviceLayer upload(const PreparedHost& prepared);
 
 //! y[m][n] = sum_k x[m][k] w[k][n] in double, and abs[m][n] = sum_k |x[m][k] w[k][n]| (the scale of the rounding
 //! error any fp32 summation order makes). x is [m][k] dense, w is [K][N] dense.
-void reference_gemv(const std::vector<float>& w, std::int64_t k, std::int64_t n, const std::vector<float>& x, int m,
-                    std::vector<double>& y, std::vector<double>& abs);
+void reference_gemv(const std::vector<float>& w,
+                    std::int64_t k,
+                    std::int64_t n,
+                    const std::vector<float>& x,
+                    int m,
+                    std::vector<double>& y,
+                    std::vector<double>& abs);
 
 }  // namespace q4tp::gptq_test

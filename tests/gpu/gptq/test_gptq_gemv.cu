@@ -86,8 +86,12 @@ HalfMatrix random_half_matrix(int rows, std::int64_t cols, std::int64_t ld, std:
 
 //! Checks y (fp16 bits, [m][ldy]) against ref/abs ([m][n]): finite, within tolerance, padding columns untouched
 //! (still NaN from the poison). Reports the worst error-to-tolerance ratio.
-::testing::AssertionResult check_output(const std::vector<std::uint16_t>& y, int m, std::int64_t n, std::int64_t ldy,
-                                        const std::vector<double>& ref, const std::vector<double>& abs,
+::testing::AssertionResult check_output(const std::vector<std::uint16_t>& y,
+                                        int m,
+                                        std::int64_t n,
+                                        std::int64_t ldy,
+                                        const std::vector<double>& ref,
+                                        const std::vector<double>& abs,
                                         double acc_rel) {
     std::size_t bad = 0;
     double worst = 0.0;
@@ -133,10 +137,10 @@ TestLayer make_test_layer(const LayerSpec& spec, std::mt19937_64& rng, bool host
 
 //! Options of one GEMV run.
 struct RunOptions {
-    std::int64_t x_pad = 0;    // ldx = K + x_pad
-    std::int64_t y_pad = 0;    // ldy = N + y_pad
+    std::int64_t x_pad = 0;  // ldx = K + x_pad
+    std::int64_t y_pad = 0;  // ldy = N + y_pad
     bool residual = false;
-    bool in_place = false;     // residual is y itself
+    bool in_place = false;  // residual is y itself
 };
 
 struct RunResult {
@@ -147,7 +151,11 @@ struct RunResult {
 };
 
 //! Fresh random x (and residual), poisoned y, one launch, and the double reference.
-RunResult run_gemv(const TestLayer& t, int m, const RunOptions& opt, std::mt19937_64& rng, DeviceBuffer<std::byte>& ws,
+RunResult run_gemv(const TestLayer& t,
+                   int m,
+                   const RunOptions& opt,
+                   std::mt19937_64& rng,
+                   DeviceBuffer<std::byte>& ws,
                    cudaStream_t stream) {
     const std::int64_t k = t.layer.spec.k;
     const std::int64_t n = t.layer.spec.n;
@@ -204,23 +212,23 @@ DeviceBuffer<std::byte> make_workspace(std::size_t bytes) {
 
 //! Sweeps m over one layer with a mix of options (strided x, padded y, residual, in place).
 void sweep_m(const TestLayer& t, std::mt19937_64& rng) {
-    DeviceBuffer<std::byte> ws = make_workspace(kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, t.layer.spec.k,
-                                                                              t.layer.spec.n));
+    DeviceBuffer<std::byte> ws =
+        make_workspace(kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, t.layer.spec.k, t.layer.spec.n));
     for (const int m : kMs) {
         RunOptions opt;
         opt.x_pad = m == 2 ? 8 : 0;
         opt.y_pad = m == 4 ? 8 : 0;
         opt.residual = m == 3 || m == 7;
         opt.in_place = m == 7;
-        SCOPED_TRACE("m=" + std::to_string(m) + " splits=" +
-                     std::to_string(kc::gptq_gemv_plan(m, t.layer.spec.k, t.layer.spec.n).splits));
+        SCOPED_TRACE("m=" + std::to_string(m) +
+                     " splits=" + std::to_string(kc::gptq_gemv_plan(m, t.layer.spec.k, t.layer.spec.n).splits));
         const RunResult r = run_gemv(t, m, opt, rng, ws, nullptr);
         ASSERT_TRUE(check_output(r.y, m, t.layer.spec.n, r.ldy, r.ref, r.abs, kAccRelReference));
     }
 }
 
 class GptqGemvTest : public ::testing::Test {
-protected:
+   protected:
     void SetUp() override {
         Q4TP_SKIP_WITHOUT_GPU();
         g_worst_ratio = 0.0;
@@ -254,10 +262,10 @@ TEST_F(GptqGemvTest, MatchesReference_SmallShapes) {
 TEST_F(GptqGemvTest, MatchesReference_LlamaShapes) {
     std::mt19937_64 rng(test::test_seed() + 1);
     const std::vector<LayerSpec> specs = {
-        {4096, 4096, 128, ZeroFormat::GptqV1, true, true},    {4096, 4096, 32, ZeroFormat::GptqV2, false, false},
-        {11008, 4096, 128, ZeroFormat::GptqV2, true, false},  {11008, 4096, -1, ZeroFormat::GptqV1, false, true},
-        {4096, 11008, 64, ZeroFormat::GptqV1, true, false},   {4096, 11008, 128, ZeroFormat::GptqV1, false, true},
-        {8192, 1024, 128, ZeroFormat::GptqV1, true, true},    {8192, 1024, -1, ZeroFormat::GptqV2, false, false},
+        {4096, 4096, 128, ZeroFormat::GptqV1, true, true},   {4096, 4096, 32, ZeroFormat::GptqV2, false, false},
+        {11008, 4096, 128, ZeroFormat::GptqV2, true, false}, {11008, 4096, -1, ZeroFormat::GptqV1, false, true},
+        {4096, 11008, 64, ZeroFormat::GptqV1, true, false},  {4096, 11008, 128, ZeroFormat::GptqV1, false, true},
+        {8192, 1024, 128, ZeroFormat::GptqV1, true, true},   {8192, 1024, -1, ZeroFormat::GptqV2, false, false},
     };
     for (const LayerSpec& spec : specs) {
         SCOPED_TRACE(spec.str());
@@ -357,7 +365,7 @@ TEST_F(GptqGemvTest, SharedWorkspace_AlternatingShapes) {
 // ---- the dequantizer ---------------------------------------------------------------------------------
 
 class GptqDequantTest : public ::testing::Test {
-protected:
+   protected:
     void SetUp() override { Q4TP_SKIP_WITHOUT_GPU(); }
 };
 
@@ -466,10 +474,10 @@ TEST_F(GptqGemvTest, MatchesCublas_Llama70BShapes) {
             // Row-major y[m][n] = x[m][k] W[k][n] is column-major y^T = W^T x^T (W^T: n x k, ld n).
             DeviceBuffer<float> dref(static_cast<std::size_t>(m * n));
             const float one = 1.0f, zero = 0.0f;
-            Q4TP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), m, static_cast<int>(k),
-                                           &one, dw.data(), CUDA_R_16F, static_cast<int>(n), dx.data(), CUDA_R_16F,
-                                           static_cast<int>(k), &zero, dref.data(), CUDA_R_32F, static_cast<int>(n),
-                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            Q4TP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), m,
+                                           static_cast<int>(k), &one, dw.data(), CUDA_R_16F, static_cast<int>(n),
+                                           dx.data(), CUDA_R_16F, static_cast<int>(k), &zero, dref.data(), CUDA_R_32F,
+                                           static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
             Q4TP_CUDA_CHECK(cudaDeviceSynchronize());
             const std::vector<std::uint16_t> y = test::to_host(dy);
             const std::vector<float> ref32 = test::to_host(dref);
@@ -479,10 +487,10 @@ TEST_F(GptqGemvTest, MatchesCublas_Llama70BShapes) {
             abs_half_kernel<<<1024, 256>>>(reinterpret_cast<__half*>(dw_abs.data()), static_cast<long long>(dw.size()));
             Q4TP_CUDA_CHECK(cudaGetLastError());
             DeviceBuffer<std::uint16_t> dx_abs = test::to_device(x_abs);
-            Q4TP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), m, static_cast<int>(k),
-                                           &one, dw_abs.data(), CUDA_R_16F, static_cast<int>(n), dx_abs.data(),
-                                           CUDA_R_16F, static_cast<int>(k), &zero, dref.data(), CUDA_R_32F,
-                                           static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            Q4TP_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), m,
+                                           static_cast<int>(k), &one, dw_abs.data(), CUDA_R_16F, static_cast<int>(n),
+                                           dx_abs.data(), CUDA_R_16F, static_cast<int>(k), &zero, dref.data(),
+                                           CUDA_R_32F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
             Q4TP_CUDA_CHECK(cudaDeviceSynchronize());
             const std::vector<float> abs32 = test::to_host(dref);
             const std::vector<double> ref(ref32.begin(), ref32.end());
@@ -502,7 +510,8 @@ TEST_F(GptqGemvTest, MatchesCublas_Llama70BShapes) {
                     }
                 }
                 std::vector<std::uint16_t> ycol(static_cast<std::size_t>(m));
-                for (int r = 0; r < m; ++r) ycol[static_cast<std::size_t>(r)] = y[static_cast<std::size_t>(r * n + col)];
+                for (int r = 0; r < m; ++r)
+                    ycol[static_cast<std::size_t>(r)] = y[static_cast<std::size_t>(r * n + col)];
                 ASSERT_TRUE(check_output(ycol, m, 1, 1, cref, cabs, kAccRelReference)) << "column " << col;
             }
         }

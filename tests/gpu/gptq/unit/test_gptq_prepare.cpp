@@ -235,8 +235,8 @@ TEST(GptqPrepareTest, Throws_BadInput) {
 
 TEST(GptqGemvPlanTest, SlicesCoverK_AndFitWorkspace) {
     const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {
-        {32, 32}, {96, 296}, {4096, 4096}, {4096, 12288}, {11008, 4096}, {4096, 22016}, {13824, 5120},
-        {8192, 57344}, {28672, 8192}, {8192, 1024}, {1 << 20, 32}};
+        {32, 32},      {96, 296},     {4096, 4096},  {4096, 12288}, {11008, 4096}, {4096, 22016},
+        {13824, 5120}, {8192, 57344}, {28672, 8192}, {8192, 1024},  {1 << 20, 32}};
     for (const auto& [k, n] : shapes) {
         for (int m = 1; m <= kc::kGptqGemvMaxM; ++m) {
             const kc::GptqGemvPlan plan = kc::gptq_gemv_plan(m, k, n);
