@@ -46,7 +46,7 @@ fi
 if [ "$run_bench" = 1 ]; then
   for model in "${models[@]}"; do
     for act in "" "--act-order"; do
-      build-gpu/bin/q4tp-bench --synthetic "$model" $act --json "$out/bench.jsonl" --log-level warn \
+      build-gpu/bin/q4tp-bench --synthetic "$model" $act --repeats 2 --json "$out/bench.jsonl" --log-level warn \
         > "$out/bench-$model$act.txt" 2>&1 || { status=1; tail -5 "$out/bench-$model$act.txt"; }
     done
   done
