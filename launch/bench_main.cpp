@@ -75,7 +75,7 @@ double device_used_gb() {
 
 int bench(int argc, char** argv) {
     std::string model_dir, synthetic, json_path, device = "auto", log_level = "info";
-    std::int64_t prompt_tokens = 1920, gen_tokens = 128, context = 0, batch_tokens = 512, repeats = 3;
+    std::int64_t prompt_tokens = 1920, gen_tokens = 128, context = 0, batch_tokens = 2048, repeats = 3;
     bool act_order = false;
     ArgParser args("q4tp-bench", "(--model DIR | --synthetic llama2-7b|llama2-13b|llama2-70b) [options]",
                    "Measures prompt and generation speed the way exllama's benchmark does, and memory per GPU.");
@@ -130,6 +130,7 @@ int bench(int argc, char** argv) {
     model::RuntimeConfig runtime;
     runtime.max_context = context;
     runtime.max_batch_tokens = batch_tokens;
+    runtime.all_logits = false;
 
     BenchResult r;
     auto start = Clock::now();

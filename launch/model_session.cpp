@@ -28,6 +28,7 @@ ModelSession::ModelSession(const SessionOptions& options, Job& job) {
     runtime.max_context =
         options.context > 0 ? options.context : std::min<std::int64_t>(config_.max_position_embeddings, 4096);
     runtime.max_batch_tokens = options.batch_tokens;
+    runtime.all_logits = options.all_logits;
     Q4TP_CHECK(runtime.max_batch_tokens > 0, "--batch-tokens must be positive, got " << runtime.max_batch_tokens);
     ops_ = job.make_backend(options.device);
     Q4TP_LOG_INFO("loading " << dir.string() << " (" << checkpoint.source() << ") on " << ops_->name()

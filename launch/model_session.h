@@ -21,6 +21,7 @@ struct SessionOptions {
     DeviceChoice device = DeviceChoice::Auto;
     std::int64_t context = 0;       //!< 0 = min(max_position_embeddings, 4096)
     std::int64_t batch_tokens = 512;
+    bool all_logits = false;  //!< room for every position's logits (perplexity)
 };
 
 class ModelSession {

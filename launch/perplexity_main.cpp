@@ -46,6 +46,7 @@ int perplexity(int argc, char** argv) {
     session.model_dir = model_dir;
     session.device = parse_device(device);
     session.context = config.window;
+    session.all_logits = true;
     if (session.batch_tokens < config.window) session.batch_tokens = config.window;
     Job job;
     ModelSession run(session, job);

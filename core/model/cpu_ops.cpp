@@ -125,6 +125,13 @@ void CpuOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
     kernels::cpu::matmul(x.as<const float>(), w.w(), outer_rows(x), w.k(), w.n(), y.as<float>(), w.bias());
 }
 
+void CpuOps::linear_add(const LinearWeights& weights, TensorView x, TensorView y) {
+    linear_scratch_.resize(static_cast<std::size_t>(y.numel()));
+    TensorView product{linear_scratch_.data(), DType::F32, y.shape, Device::Host};
+    linear(weights, x, product);
+    kernels::cpu::add_inplace(y.as<float>(), linear_scratch_.data(), y.numel());
+}
+
 void CpuOps::rope_and_cache(const CacheWrite& args) {
     expect_f32(args.q, "rope q");
     const auto* positions = args.positions.as<const std::int32_t>();

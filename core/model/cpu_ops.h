@@ -29,6 +29,7 @@ public:
     void embedding(TensorView table, TensorView ids, TensorView out) override;
     void rms_norm(TensorView x, TensorView weight, float eps, TensorView out) override;
     void linear(const LinearWeights& weights, TensorView x, TensorView y) override;
+    void linear_add(const LinearWeights& weights, TensorView x, TensorView y) override;
     void rope_and_cache(const CacheWrite& args) override;
     void attention(const AttentionArgs& args) override;
     void silu_mul(TensorView gate, TensorView up, TensorView out) override;
@@ -37,6 +38,7 @@ public:
 
 private:
     std::vector<HostBuffer<std::byte>> allocations_;
+    std::vector<float> linear_scratch_;  //!< linear_add's product before the add; grows to the largest [m][n]
 };
 
 }  // namespace q4tp::model

@@ -199,9 +199,15 @@ std::unique_ptr<LinearWeights> CudaOps::make_synthetic_linear(const SyntheticLin
     kc::fill_random_half(reinterpret_cast<__half*>(linear->scales_.data()),
                          static_cast<std::int64_t>(linear->scales_.size()), spec.seed + 1, 0.75f * spec.scale,
                          1.25f * spec.scale, s);
-    // Symmetric checkpoints: every effective zero point is 8 (formats.md R2.7).
-    linear->zeros_ = DeviceBuffer<std::uint32_t>(static_cast<std::size_t>(groups * spec.n / 8));
-    kc::fill_words(linear->zeros_.data(), static_cast<std::int64_t>(linear->zeros_.size()), 0x88888888u, s);
+    // Zero points 7 or 8 at random (as core/model/synthetic.cpp): q - z then has zero mean like trained
+    // weights; a constant 8 would give every weight a -s/2 bias that deep models amplify to overflow.
+    std::vector<std::uint32_t> zeros(static_cast<std::size_t>(groups * spec.n / 8));
+    std::mt19937_64 zero_rng(spec.seed + 2);
+    for (auto& word : zeros) {
+        const auto bits = static_cast<std::uint32_t>(zero_rng());
+        word = 0x77777777u + (bits & 0x11111111u);  // each nibble 7 or 8
+    }
+    linear->zeros_ = upload_vector(zeros, s);
     if (spec.act_order) {
         // An act-order layer reads its input through a permutation of the rows (after the load-time sort).
         std::vector<std::int32_t> perm(static_cast<std::size_t>(spec.k));
@@ -277,7 +283,11 @@ void CudaOps::rms_norm(TensorView x, TensorView weight, float eps, TensorView ou
     kc::rms_norm(half_ptr(x), half_ptr(weight), outer_rows(x), last_dim(x), eps, half_ptr(out), stream_.get());
 }
 
-void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
+void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) { run_linear(weights, x, y, false); }
+
+void CudaOps::linear_add(const LinearWeights& weights, TensorView x, TensorView y) { run_linear(weights, x, y, true); }
+
+void CudaOps::run_linear(const LinearWeights& weights, TensorView x, TensorView y, bool accumulate) {
     const auto& w = static_cast<const CudaLinear&>(weights);
     const std::int64_t m = outer_rows(x);
     Q4TP_CHECK(last_dim(x) == w.k() && last_dim(y) == w.n() && outer_rows(y) == m,
@@ -293,6 +303,10 @@ void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
         p.y = half_ptr(y);
         p.ldy = w.n();
         p.m = static_cast<int>(m);
+        if (accumulate) {
+            p.residual = half_ptr(y);  // in place: the kernel adds y in fp32 before its one rounding
+            p.ldr = w.n();
+        }
         p.workspace = gemv_workspace_.data();
         p.workspace_bytes = gemv_workspace_.bytes();
         kc::gptq_gemv(p, stream_.get());
@@ -305,7 +319,7 @@ void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
     dq.w = scratch;
     dq.ldw = w.n_padded_;
     kc::gptq_dequantize(dq, stream_.get());
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     // Row-major y[m][n] = x[m][k] . W[k][n] is column-major y^T = W^T x^T with W^T as an n_padded x k matrix.
     Q4TP_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(w.n()), static_cast<int>(m),
                                    static_cast<int>(w.k()), &alpha, scratch, CUDA_R_16F,

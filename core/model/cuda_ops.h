@@ -42,6 +42,7 @@ public:
     void embedding(TensorView table, TensorView ids, TensorView out) override;
     void rms_norm(TensorView x, TensorView weight, float eps, TensorView out) override;
     void linear(const LinearWeights& weights, TensorView x, TensorView y) override;
+    void linear_add(const LinearWeights& weights, TensorView x, TensorView y) override;
     void rope_and_cache(const CacheWrite& args) override;
     void attention(const AttentionArgs& args) override;
     void silu_mul(TensorView gate, TensorView up, TensorView out) override;
@@ -57,6 +58,8 @@ private:
     //! Grows (at load time only) the scratch that prefill dequantizes a layer into, and records the
     //! GEMV workspace the largest layer needs.
     void reserve_scratch(std::int64_t k, std::int64_t n, std::int64_t n_padded);
+    //! y = x . W, or y += x . W when accumulate (GEMV epilogue residual / cuBLAS beta = 1).
+    void run_linear(const LinearWeights& weights, TensorView x, TensorView y, bool accumulate);
 
     std::string name_;
     CudaStream stream_;

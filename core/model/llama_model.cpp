@@ -115,10 +115,11 @@ LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, Weig
     ws_->gate = ops_.allocate(act, Shape{m, ffn_local_});
     ws_->up = ops_.allocate(act, Shape{m, ffn_local_});
     ws_->act = ops_.allocate(act, Shape{m, ffn_local_});
-    ws_->logits = ops_.allocate(DType::F32, Shape{m, vocab_padded_});
+    const std::int64_t logit_rows = runtime_.all_logits ? m : 1;
+    ws_->logits = ops_.allocate(DType::F32, Shape{logit_rows, vocab_padded_});
     if (parallel_.size > 1) {
-        ws_->gathered = ops_.allocate(DType::F32, Shape{parallel_.size, m, vocab_padded_});
-        ws_->host_gathered.resize(static_cast<std::size_t>(parallel_.size * m * vocab_padded_));
+        ws_->gathered = ops_.allocate(DType::F32, Shape{parallel_.size, logit_rows, vocab_padded_});
+        ws_->host_gathered.resize(static_cast<std::size_t>(parallel_.size * logit_rows * vocab_padded_));
     }
     ws_->host_positions.resize(static_cast<std::size_t>(m));
     ops_.plan_attention(AttentionPlan{m, heads_local_, kv_heads_local_, d, cache_.capacity()});
@@ -219,6 +220,8 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t past
                "sequence of " << past_len + total << " tokens exceeds the context of " << cache_.capacity()
                               << " tokens");
     const auto vocab = static_cast<std::size_t>(config_.vocab_size);
+    Q4TP_CHECK(mode == LogitsMode::LastOnly || runtime_.all_logits,
+               "logits of every position were requested but the model was planned without room for them");
     for (const std::int32_t id : tokens) {
         // Checked here because the GPU embedding gather cannot report a bad id.
         Q4TP_CHECK(id >= 0 && id < config_.vocab_size, "token id " << id << " is outside the vocabulary of "
@@ -302,8 +305,16 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
     }
 }
 
-void LlamaModel::all_reduce(TensorView partial) {
-    if (parallel_.size > 1) parallel_.comm->all_reduce_sum(partial, ops_.stream_handle());
+void LlamaModel::add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x) {
+    if (parallel_.size == 1) {
+        ops_.linear_add(weights, input, x);  // the residual add fused into the GEMV epilogue
+        return;
+    }
+    // Each rank holds a slice of K: its product is partial until summed over the ranks.
+    TensorView partial = ws_->proj.rows(0, x.shape[0]);
+    ops_.linear(weights, input, partial);
+    parallel_.comm->all_reduce_sum(partial, ops_.stream_handle());
+    ops_.add(x, partial);
 }
 
 void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len) {
@@ -314,7 +325,6 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     const std::int64_t d = config_.head_dim;
     TensorView x = ws.x.rows(0, m);
     TensorView h = ws.h.rows(0, m);
-    TensorView proj = ws.proj.rows(0, m);
     TensorView positions = ws.positions.rows(0, m);
 
     // Attention block: x += o_proj(attention(rope(q), rope(k), v)) on rms_norm(x).
@@ -331,9 +341,7 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     TensorView attn = ws.attn.rows(0, m);
     ops_.attention(AttentionArgs{q_heads, cache_.keys(index), cache_.values(index), past_len, positions,
                                  attn.reshaped(Shape{m, nh, d})});
-    ops_.linear(*layer.o_proj, attn, proj);
-    all_reduce(proj);
-    ops_.add(x, proj);
+    add_row_parallel(*layer.o_proj, attn, x);
 
     // MLP block: x += down(silu(gate(u)) * up(u)), u = rms_norm(x).
     ops_.rms_norm(x, layer.post_norm, eps, h);
@@ -343,9 +351,7 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     ops_.linear(*layer.gate_proj, h, gate);
     ops_.linear(*layer.up_proj, h, up);
     ops_.silu_mul(gate, up, act);
-    ops_.linear(*layer.down_proj, act, proj);
-    all_reduce(proj);
-    ops_.add(x, proj);
+    add_row_parallel(*layer.down_proj, act, x);
 }
 
 }  // namespace q4tp::model

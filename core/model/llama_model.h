@@ -25,6 +25,9 @@ struct RuntimeConfig {
     std::int64_t max_context = 2048;
     std::int64_t max_batch_tokens = 512;
     bool use_graphs = true;  //!< replay single-token decode steps from a captured graph (CUDA)
+    //! Keep room for the logits of every position of a pass (LogitsMode::All: perplexity, evaluation);
+    //! generation needs only the last row, which saves max_batch_tokens x vocab floats of device memory.
+    bool all_logits = true;
 };
 
 enum class LogitsMode { LastOnly, All };
@@ -78,8 +81,8 @@ private:
     struct Workspace;
 
     void load_weights(WeightSource& weights, const QuantConfig& quant);
-    //! Sums a row-parallel layer's partial output over the ranks (nothing at size 1).
-    void all_reduce(TensorView partial);
+    //! x += input . W for a row-parallel layer (o_proj, down): fused at size 1, all-reduced across ranks.
+    void add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x);
     void forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
                        float* logits_out, const HiddenObserver* observer);
     void decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len);

@@ -118,6 +118,8 @@ public:
     virtual void rms_norm(TensorView x, TensorView weight, float eps, TensorView out) = 0;
     //! y = x . W (+ bias)
     virtual void linear(const LinearWeights& weights, TensorView x, TensorView y) = 0;
+    //! y += x . W (+ bias): the residual add fused into the layer's epilogue on the GPU.
+    virtual void linear_add(const LinearWeights& weights, TensorView x, TensorView y) = 0;
     //! Rotates q [m][num_heads][head_dim] and k [m][num_kv_heads][head_dim] in place at the given
     //! positions (I32 [m], backend memory) and writes k and v into cache rows positions[0..m) (one fused
     //! kernel on the GPU). past_len == positions[0], given for backends that index on the host.

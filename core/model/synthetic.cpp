@@ -23,7 +23,11 @@ loaders::GptqLinear make_random_gptq_linear(const SyntheticLinearSpec& spec) {
     std::uniform_int_distribution<int> code(0, 15);
     for (auto& c : codes) c = static_cast<std::uint8_t>(code(rng));
     layer.qweight = loaders::pack_qweight(codes, spec.k, spec.n);
-    const std::vector<std::uint8_t> zeros(static_cast<std::size_t>(groups * spec.n), 8);
+    // Zero points 7 or 8 at random: codes are uniform in 0..15 (mean 7.5), so q - z has zero mean as trained
+    // weights do. With z = 8 everywhere every weight would carry a -s/2 bias that 80 layers amplify to overflow.
+    std::vector<std::uint8_t> zeros(static_cast<std::size_t>(groups * spec.n));
+    std::bernoulli_distribution coin(0.5);
+    for (auto& z : zeros) z = coin(rng) ? 8 : 7;
     layer.qzeros = loaders::pack_qzeros(zeros, groups, spec.n, ZeroFormat::GptqV1);
     layer.scales = HostBuffer<std::uint16_t>(static_cast<std::size_t>(groups * spec.n));
     std::uniform_real_distribution<float> jitter(0.75f, 1.25f);

@@ -7,7 +7,7 @@
 
 namespace q4tp::model {
 
-//! A validated random layer: uniform codes 0..15, symmetric zeros (8, stored as gptq v1), group scales of
+//! A validated random layer: uniform codes 0..15, zero points 7 or 8 at random (so q - z has zero mean), group scales of
 //! spec.scale +-25%, and with spec.act_order a g_idx built from a random row permutation (R2.15).
 loaders::GptqLinear make_random_gptq_linear(const SyntheticLinearSpec& spec);
 

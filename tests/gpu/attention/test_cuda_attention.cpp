@@ -312,7 +312,7 @@ protected:
 TEST_F(CudaAttentionValidationTest, Rejects_UnsupportedHeadDim) {
     AttentionParams p = valid();
     p.head_dim = 96;
-    expect_rejected(p, "head_dim = 96, expected 64 or 128");
+    expect_rejected(p, "head_dim = 96, expected 16, 32, 64 or 128");
 }
 
 TEST_F(CudaAttentionValidationTest, Rejects_HeadsNotMultipleOfKvHeads) {
