@@ -38,6 +38,8 @@ public:
     //! communicator that matches it. Call once.
     std::unique_ptr<model::Ops> make_backend(DeviceChoice choice);
     model::ParallelContext parallel() const;
+    //! The communicator of a job of size > 1 (nullptr otherwise).
+    parallel::Communicator* communicator() const noexcept { return comm_.get(); }
 
     //! The job of this process, if one was created (run_tool uses it to end every rank on an error).
     static Job* current() noexcept;

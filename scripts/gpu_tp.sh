@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Tensor parallelism on the 2-GPU machine in one call: build, the NCCL and TP=2 model suites, every single-GPU
+# `gpu` suite, then q4tp-bench at TP=1 and TP=2 (mpirun -np 2) for the synthetic Llama-2 shapes. JSON lines in
+# $OUT/scaling.jsonl (tools/plot_scaling.py draws the chart); a table is printed last.
+#   bash scripts/gpu_tp.sh [bench model names...]   (default: llama2-70b llama2-13b llama2-7b, all act-order)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+out=${OUT:-out}
+mkdir -p "$out"
+models=("$@")
+[ ${#models[@]} -gt 0 ] || models=(llama2-70b llama2-13b llama2-7b)
+gpus=$(nvidia-smi -L | tee "$out/cards.txt" | wc -l)
+
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQ4TP_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null || exit 1
+cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+
+status=0
+ctest --test-dir build-gpu -L gpu -j 1 --output-on-failure > "$out/tests.log" 2>&1 || status=1
+grep -E "tests passed|\[ tp|\[ cuda|\[ skip" "$out/tests.log" | sort | uniq
+grep -E "\(Failed\)|\(Timeout\)|\(Exception\)" "$out/tests.log" | head -20
+# The first failure's details, if any.
+awk '/Failure|FAILED  \]/ {print; n++} n >= 12 {exit}' "$out/tests.log"
+
+mpirun_np=(mpirun --allow-run-as-root -np "$gpus" -x NCCL_NVLS_ENABLE)
+for model in "${models[@]}"; do
+  build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 --json "$out/scaling.jsonl" --log-level warn \
+    > "$out/bench-$model-tp1.txt" 2>&1 || { status=1; tail -3 "$out/bench-$model-tp1.txt"; }
+  if [ "$gpus" -ge 2 ]; then
+    "${mpirun_np[@]}" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 \
+      --json "$out/scaling.jsonl" --log-level warn > "$out/bench-$model-tp$gpus.txt" 2>&1 ||
+      { status=1; tail -5 "$out/bench-$model-tp$gpus.txt"; }
+  fi
+done
+head -1 "$out/cards.txt"
+python3 - "$out/scaling.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+base = {r['model']: r for r in rows if r['tp'] == 1}
+print(f"{'model':22} {'TP':>2} {'prompt t/s':>10} {'best t/s':>9} {'worst t/s':>9} {'speedup':>7} {'eff':>5} {'AR us/tok':>9} {'GB/GPU':>7}")
+for r in rows:
+    b = base.get(r['model'])
+    sp = r['best_tps'] / b['best_tps'] if b else float('nan')
+    print(f"{r['model']:22} {r['tp']:2d} {r['prompt_tps']:10.0f} {r['best_tps']:9.1f} {r['worst_tps']:9.1f} {sp:7.2f} "
+          f"{100*sp/r['tp']:4.0f}% {r.get('allreduce_us_per_token', 0):9.0f} {r['device_used_gb']:7.2f}")
+PY
+exit $status
