@@ -388,6 +388,57 @@ GptqGeometry check_gptq_tensor_metas(
     return geo;
 }
 
+bool can_concat_columns(std::span<const GptqLinear* const> parts) {
+    if (parts.empty()) return false;
+    const GptqLinear& first = *parts[0];
+    for (const GptqLinear* part : parts) {
+        if (part->k != first.k || part->group_size != first.group_size || part->num_groups != first.num_groups ||
+            part->zero_format != first.zero_format || part->g_idx != first.g_idx || !part->bias.empty() ||
+            part->n % 8 != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+GptqLinear concat_columns(std::span<const GptqLinear* const> parts, const std::string& name) {
+    Q4TP_CHECK(can_concat_columns(parts),
+               name << ": layers to fuse must share K, group size, zero format and g_idx (R2.20) and have no bias");
+    const GptqLinear& first = *parts[0];
+    GptqLinear fused;
+    fused.name = name;
+    fused.k = first.k;
+    fused.group_size = first.group_size;
+    fused.num_groups = first.num_groups;
+    fused.zero_format = first.zero_format;
+    fused.g_idx = first.g_idx;
+    fused.act_order = first.act_order;
+    fused.symmetric = true;
+    for (const GptqLinear* part : parts) {
+        fused.n += part->n;
+        fused.symmetric = fused.symmetric && part->symmetric;
+    }
+    const auto n = static_cast<std::size_t>(fused.n);
+    const auto groups = static_cast<std::size_t>(fused.num_groups);
+    fused.qweight = HostBuffer<std::uint32_t>(static_cast<std::size_t>(fused.k / 8) * n);
+    fused.qzeros = HostBuffer<std::uint32_t>(groups * n / 8);
+    fused.scales = HostBuffer<std::uint16_t>(groups * n);
+    // Row-major tensors side by side: each row of the result is the parts' rows one after another.
+    std::size_t column = 0;
+    for (const GptqLinear* part : parts) {
+        const auto pn = static_cast<std::size_t>(part->n);
+        for (std::size_t r = 0; r < static_cast<std::size_t>(fused.k / 8); ++r) {
+            std::copy_n(part->qweight.data() + r * pn, pn, fused.qweight.data() + r * n + column);
+        }
+        for (std::size_t g = 0; g < groups; ++g) {
+            std::copy_n(part->scales.data() + g * pn, pn, fused.scales.data() + g * n + column);
+            std::copy_n(part->qzeros.data() + g * pn / 8, pn / 8, fused.qzeros.data() + g * n / 8 + column / 8);
+        }
+        column += pn;
+    }
+    return fused;
+}
+
 void validate_gptq_linear(GptqLinear& layer) {
     const std::string& name = layer.name;
     check_dims(name, layer.k, layer.n);

@@ -109,6 +109,14 @@ ActOrderPermutation act_order_permutation(std::span<const std::int32_t> g_idx, s
 //! use it with activations gathered as x'[:, j] = x[:, x_map[j]] (R3.4). The layer must be validated.
 GptqLinear make_sequential(const GptqLinear& layer, const ActOrderPermutation& perm);
 
+//! The layers side by side along N: y = x . [W_0 | W_1 | ...]. Fusing q/k/v (and gate/up) this way lets one GEMV
+//! stream all three (R2.20: they share their inputs, so their g_idx must be identical; checked). Every part
+//! must be validated, with the same K, group size, zero format and g_idx, and no bias. The result is marked
+//! validated as its parts were (group_size, num_groups, act_order and symmetric carried over).
+GptqLinear concat_columns(std::span<const GptqLinear* const> parts, const std::string& name);
+//! True when concat_columns would accept the parts (same K, group size, zero format, g_idx; no bias).
+bool can_concat_columns(std::span<const GptqLinear* const> parts);
+
 // ---- validation and loading (§2.2-2.3, R2.12, R2.17) --------------------------------------------
 
 //! dtype and shape of one stored tensor, as a checkpoint header describes it.

@@ -160,6 +160,16 @@ void CpuOps::attention(const AttentionArgs& args) {
     kernels::cpu::attention(p);
 }
 
+void CpuOps::copy_columns(TensorView src, std::int64_t column, TensorView dst) {
+    const std::int64_t rows = outer_rows(dst), width = last_dim(dst), total = last_dim(src);
+    Q4TP_CHECK(outer_rows(src) == rows && column >= 0 && column + width <= total,
+               "cpu backend: columns [" << column << ", " << column + width << ") of " << src.shape.str());
+    for (std::int64_t r = 0; r < rows; ++r) {
+        std::memcpy(dst.as<float>() + r * width, src.as<const float>() + r * total + column,
+                    static_cast<std::size_t>(width) * sizeof(float));
+    }
+}
+
 void CpuOps::silu_mul(TensorView gate, TensorView up, TensorView out) {
     kernels::cpu::silu_mul(gate.as<const float>(), up.as<const float>(), gate.numel(), out.as<float>());
 }

@@ -364,6 +364,17 @@ void CudaOps::attention(const AttentionArgs& args) {
     kc::attention(p, stream_.get());
 }
 
+void CudaOps::copy_columns(TensorView src, std::int64_t column, TensorView dst) {
+    const std::int64_t rows = outer_rows(dst), width = last_dim(dst), total = last_dim(src);
+    Q4TP_CHECK(outer_rows(src) == rows && column >= 0 && column + width <= total,
+               "cuda backend: columns [" << column << ", " << column + width << ") of " << src.shape.str());
+    const std::size_t element = dtype_size(src.dtype);
+    Q4TP_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, static_cast<std::size_t>(width) * element,
+                                      static_cast<const char*>(src.data) + static_cast<std::size_t>(column) * element,
+                                      static_cast<std::size_t>(total) * element, static_cast<std::size_t>(width) * element,
+                                      static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, stream_.get()));
+}
+
 void CudaOps::silu_mul(TensorView gate, TensorView up, TensorView out) {
     kc::silu_mul(half_ptr(gate), half_ptr(up), gate.numel(), half_ptr(out), stream_.get());
 }

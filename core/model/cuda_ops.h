@@ -45,6 +45,7 @@ public:
     void linear_add(const LinearWeights& weights, TensorView x, TensorView y) override;
     void rope_and_cache(const CacheWrite& args) override;
     void attention(const AttentionArgs& args) override;
+    void copy_columns(TensorView src, std::int64_t column, TensorView dst) override;
     void silu_mul(TensorView gate, TensorView up, TensorView out) override;
     void add(TensorView x, TensorView y) override;
     void lm_head(TensorView x, TensorView weight, TensorView logits) override;

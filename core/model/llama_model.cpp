@@ -23,6 +23,9 @@ struct LlamaModel::Layer {
     std::unique_ptr<LinearWeights> gate_proj;  //!< H -> I
     std::unique_ptr<LinearWeights> up_proj;    //!< H -> I
     std::unique_ptr<LinearWeights> down_proj;  //!< I -> H
+    // q|k|v and gate|up fused side by side (one GEMV each) when their g_idx agree; the parts above are then null.
+    std::unique_ptr<LinearWeights> qkv_proj;      //!< H -> nh*d + 2 nkv*d
+    std::unique_ptr<LinearWeights> gate_up_proj;  //!< H -> 2 I
 };
 
 // Activations for up to max_batch_tokens tokens, allocated once (nothing is allocated per forward).
@@ -39,6 +42,8 @@ struct LlamaModel::Workspace {
     TensorView gate;       //!< [M][I]
     TensorView up;         //!< [M][I]
     TensorView act;        //!< [M][I]
+    TensorView qkv;        //!< [M][nh*d + 2 nkv*d] fused q|k|v output
+    TensorView gate_up;    //!< [M][2 I] fused gate|up output
     TensorView logits;     //!< F32 [M][V_padded] this rank's vocabulary slice
     TensorView gathered;   //!< F32 [size][M][V_padded] every rank's slice (size > 1 only)
     std::vector<float> host_gathered;  //!< [size][M][V_padded] reordered into [M][V] on the host
@@ -115,6 +120,8 @@ LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, Weig
     ws_->gate = ops_.allocate(act, Shape{m, ffn_local_});
     ws_->up = ops_.allocate(act, Shape{m, ffn_local_});
     ws_->act = ops_.allocate(act, Shape{m, ffn_local_});
+    ws_->qkv = ops_.allocate(act, Shape{m, (heads_local_ + 2 * kv_heads_local_) * d});
+    ws_->gate_up = ops_.allocate(act, Shape{m, 2 * ffn_local_});
     const std::int64_t logit_rows = runtime_.all_logits ? m : 1;
     ws_->logits = ops_.allocate(DType::F32, Shape{logit_rows, vocab_padded_});
     if (parallel_.size > 1) {
@@ -143,6 +150,16 @@ void LlamaModel::load_weights(WeightSource& weights, const QuantConfig& quant) {
         return linear;
     };
     using Role = loaders::LinearRole;
+    // Layers that read the same input are fused into one (fewer, larger GEMVs) when their g_idx agree.
+    auto load_fused = [&](const std::vector<std::string>& names, const std::vector<Role>& roles) {
+        std::vector<loaders::SplitPlan> plans;
+        for (std::size_t i = 0; i < names.size(); ++i) {
+            plans.push_back(loaders::plan_split(names[i], roles[i], config_, quant, parallel_.rank, parallel_.size));
+        }
+        auto fused = weights.fused_linear(names, plans, ops_);
+        if (fused) weight_bytes_ += fused->bytes();
+        return fused;
+    };
 
     embed_tokens_ = load_dense("model.embed_tokens.weight", Shape{config_.vocab_size, hidden});
     const std::int64_t layers = config_.num_hidden_layers;
@@ -153,12 +170,19 @@ void LlamaModel::load_weights(WeightSource& weights, const QuantConfig& quant) {
         Layer& layer = layers_[static_cast<std::size_t>(i)];
         layer.input_norm = load_dense(p + "input_layernorm.weight", Shape{hidden});
         layer.post_norm = load_dense(p + "post_attention_layernorm.weight", Shape{hidden});
-        layer.q_proj = load_linear(p + "self_attn.q_proj", Role::QueryProj);
-        layer.k_proj = load_linear(p + "self_attn.k_proj", Role::KeyProj);
-        layer.v_proj = load_linear(p + "self_attn.v_proj", Role::ValueProj);
+        layer.qkv_proj = load_fused({p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"},
+                                    {Role::QueryProj, Role::KeyProj, Role::ValueProj});
+        if (!layer.qkv_proj) {
+            layer.q_proj = load_linear(p + "self_attn.q_proj", Role::QueryProj);
+            layer.k_proj = load_linear(p + "self_attn.k_proj", Role::KeyProj);
+            layer.v_proj = load_linear(p + "self_attn.v_proj", Role::ValueProj);
+        }
         layer.o_proj = load_linear(p + "self_attn.o_proj", Role::OutputProj);
-        layer.gate_proj = load_linear(p + "mlp.gate_proj", Role::GateProj);
-        layer.up_proj = load_linear(p + "mlp.up_proj", Role::UpProj);
+        layer.gate_up_proj = load_fused({p + "mlp.gate_proj", p + "mlp.up_proj"}, {Role::GateProj, Role::UpProj});
+        if (!layer.gate_up_proj) {
+            layer.gate_proj = load_linear(p + "mlp.gate_proj", Role::GateProj);
+            layer.up_proj = load_linear(p + "mlp.up_proj", Role::UpProj);
+        }
         layer.down_proj = load_linear(p + "mlp.down_proj", Role::DownProj);
         // A progress line at most every two seconds: a 70B checkpoint takes a while, a tiny one should not chatter.
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -305,6 +329,20 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
     }
 }
 
+void LlamaModel::split_columns(TensorView fused, std::initializer_list<TensorView*> parts) {
+    std::int64_t column = 0;
+    for (TensorView* part : parts) {
+        const std::int64_t width = part->shape[1];
+        if (fused.shape[0] == 1) {
+            // One row: each part is a contiguous piece of it, so point at it instead of copying.
+            part->data = static_cast<char*>(fused.data) + static_cast<std::size_t>(column) * dtype_size(fused.dtype);
+        } else {
+            ops_.copy_columns(fused, column, *part);
+        }
+        column += width;
+    }
+}
+
 void LlamaModel::add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x) {
     if (parallel_.size == 1) {
         ops_.linear_add(weights, input, x);  // the residual add fused into the GEMV epilogue
@@ -332,9 +370,15 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     TensorView q = ws.q.rows(0, m);
     TensorView k = ws.k.rows(0, m);
     TensorView v = ws.v.rows(0, m);
-    ops_.linear(*layer.q_proj, h, q);
-    ops_.linear(*layer.k_proj, h, k);
-    ops_.linear(*layer.v_proj, h, v);
+    if (layer.qkv_proj) {
+        TensorView qkv = ws.qkv.rows(0, m);
+        ops_.linear(*layer.qkv_proj, h, qkv);
+        split_columns(qkv, {&q, &k, &v});
+    } else {
+        ops_.linear(*layer.q_proj, h, q);
+        ops_.linear(*layer.k_proj, h, k);
+        ops_.linear(*layer.v_proj, h, v);
+    }
     TensorView q_heads = q.reshaped(Shape{m, nh, d});
     ops_.rope_and_cache(CacheWrite{q_heads, k.reshaped(Shape{m, nkv, d}), v.reshaped(Shape{m, nkv, d}), positions,
                                    &rope_, cache_.keys(index), cache_.values(index), past_len});
@@ -348,8 +392,14 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     TensorView gate = ws.gate.rows(0, m);
     TensorView up = ws.up.rows(0, m);
     TensorView act = ws.act.rows(0, m);
-    ops_.linear(*layer.gate_proj, h, gate);
-    ops_.linear(*layer.up_proj, h, up);
+    if (layer.gate_up_proj) {
+        TensorView gate_up = ws.gate_up.rows(0, m);
+        ops_.linear(*layer.gate_up_proj, h, gate_up);
+        split_columns(gate_up, {&gate, &up});
+    } else {
+        ops_.linear(*layer.gate_proj, h, gate);
+        ops_.linear(*layer.up_proj, h, up);
+    }
     ops_.silu_mul(gate, up, act);
     add_row_parallel(*layer.down_proj, act, x);
 }

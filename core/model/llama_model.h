@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <vector>
@@ -83,6 +84,8 @@ private:
     void load_weights(WeightSource& weights, const QuantConfig& quant);
     //! x += input . W for a row-parallel layer (o_proj, down): fused at size 1, all-reduced across ranks.
     void add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x);
+    //! Gives each part (views of [m][width]) its columns of a fused layer's output [m][sum of widths].
+    void split_columns(TensorView fused, std::initializer_list<TensorView*> parts);
     void forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
                        float* logits_out, const HiddenObserver* observer);
     void decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len);

@@ -126,6 +126,8 @@ public:
     virtual void rope_and_cache(const CacheWrite& args) = 0;
     //! Causal attention of m queries over past_len + m cached keys (GQA).
     virtual void attention(const AttentionArgs& args) = 0;
+    //! dst [m][w] = columns [column, column + w) of src [m][total] (splits a fused layer's output).
+    virtual void copy_columns(TensorView src, std::int64_t column, TensorView dst) = 0;
     //! out = silu(gate) * up
     virtual void silu_mul(TensorView gate, TensorView up, TensorView out) = 0;
     //! x += y

@@ -27,13 +27,26 @@ TensorView CheckpointWeights::dense_rows(const std::string& name, std::int64_t t
     return view;
 }
 
+loaders::GptqLinear CheckpointWeights::host_layer(const std::string& name, const loaders::SplitPlan& plan) const {
+    if (plan.size == 1) return loaders::load_gptq_linear(checkpoint_, name, plan.k, plan.n, quant_);
+    if (loaders::is_column_parallel(plan.role)) return loaders::load_column_shard(checkpoint_, name, quant_, plan).layer;
+    return loaders::load_row_shard(checkpoint_, name, quant_, plan).layer;
+}
+
 std::unique_ptr<LinearWeights> CheckpointWeights::linear(const std::string& name, const loaders::SplitPlan& plan,
                                                          Ops& ops) {
-    if (plan.size == 1) return ops.make_linear(loaders::load_gptq_linear(checkpoint_, name, plan.k, plan.n, quant_));
-    if (loaders::is_column_parallel(plan.role)) {
-        return ops.make_linear(loaders::load_column_shard(checkpoint_, name, quant_, plan).layer);
-    }
-    return ops.make_linear(loaders::load_row_shard(checkpoint_, name, quant_, plan).layer);
+    return ops.make_linear(host_layer(name, plan));
+}
+
+std::unique_ptr<LinearWeights> CheckpointWeights::fused_linear(const std::vector<std::string>& names,
+                                                               const std::vector<loaders::SplitPlan>& plans,
+                                                               Ops& ops) {
+    std::vector<loaders::GptqLinear> parts;
+    std::vector<const loaders::GptqLinear*> pointers;
+    for (std::size_t i = 0; i < names.size(); ++i) parts.push_back(host_layer(names[i], plans[i]));
+    for (const auto& part : parts) pointers.push_back(&part);
+    if (!loaders::can_concat_columns(pointers)) return nullptr;
+    return ops.make_linear(loaders::concat_columns(pointers, names.front() + "+fused"));
 }
 
 bool CheckpointWeights::has(const std::string& name) const { return static_cast<bool>(checkpoint_.find(name)); }
@@ -54,6 +67,19 @@ TensorView SyntheticWeights::dense_rows(const std::string& name, std::int64_t to
                                        loaders::IndexRange rows, Ops& ops) {
     (void)total_rows;
     return dense(name + "#" + std::to_string(rows.begin), Shape{rows.size(), cols}, ops);
+}
+
+std::unique_ptr<LinearWeights> SyntheticWeights::fused_linear(const std::vector<std::string>& names,
+                                                              const std::vector<loaders::SplitPlan>& plans, Ops& ops) {
+    // Random weights of the fused shape: the parts' local columns side by side.
+    loaders::SplitPlan fused = plans.front();
+    fused.n = 0;
+    fused.range = {0, 0};
+    for (const auto& plan : plans) {
+        fused.n += plan.n;
+        fused.range.end += plan.range.size();
+    }
+    return linear(names.front() + "+fused", fused, ops);
 }
 
 std::unique_ptr<LinearWeights> SyntheticWeights::linear(const std::string& name, const loaders::SplitPlan& plan,

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/base/model_config.h"
 #include "core/base/tensor_view.h"
@@ -29,6 +30,10 @@ public:
     virtual std::unique_ptr<LinearWeights> linear(const std::string& name, const loaders::SplitPlan& plan,
                                                   Ops& ops) = 0;
     virtual bool has(const std::string& name) const = 0;
+    //! The column-parallel layers `names` (q/k/v, or gate/up) fused side by side along N into one layer, so
+    //! one GEMV streams them all; nullptr when they cannot be fused (different g_idx, a bias).
+    virtual std::unique_ptr<LinearWeights> fused_linear(const std::vector<std::string>& names,
+                                                        const std::vector<loaders::SplitPlan>& plans, Ops& ops) = 0;
 };
 
 //! Reads a checkpoint through the loaders (every shape, dtype and GPTQ rule checked).
@@ -42,8 +47,11 @@ public:
     std::unique_ptr<LinearWeights> linear(const std::string& name, const loaders::SplitPlan& plan,
                                           Ops& ops) override;
     bool has(const std::string& name) const override;
+    std::unique_ptr<LinearWeights> fused_linear(const std::vector<std::string>& names,
+                                                const std::vector<loaders::SplitPlan>& plans, Ops& ops) override;
 
 private:
+    loaders::GptqLinear host_layer(const std::string& name, const loaders::SplitPlan& plan) const;
     const loaders::Checkpoint& checkpoint_;
     const QuantConfig& quant_;
 };
@@ -60,6 +68,8 @@ public:
     std::unique_ptr<LinearWeights> linear(const std::string& name, const loaders::SplitPlan& plan,
                                           Ops& ops) override;
     bool has(const std::string&) const override { return true; }
+    std::unique_ptr<LinearWeights> fused_linear(const std::vector<std::string>& names,
+                                                const std::vector<loaders::SplitPlan>& plans, Ops& ops) override;
 
 private:
     std::uint64_t seed_for(const std::string& name) const;

@@ -711,3 +711,53 @@ TEST_F(GptqLoadTest, FileErrors_NameTheTensor) {
 
 }  // namespace
 }  // namespace q4tp::loaders
+
+namespace q4tp::loaders {
+namespace {
+
+// Fusing q|k|v (R2.20: same inputs, same g_idx) gives a layer whose weights are the parts' side by side.
+TEST(GptqConcatTest, FusedLayerDequantizesToThePartsSideBySide) {
+    std::mt19937 rng(20261126);
+    const std::int64_t k = 128, gs = 32;
+    const std::vector<std::int64_t> widths = {64, 32, 96};
+    LogicalLayer first = random_logical(k, widths[0], gs, true, rng);
+    std::vector<GptqLinear> parts;
+    for (const std::int64_t n : widths) {
+        LogicalLayer l = random_logical(k, n, gs, false, rng);
+        l.g_idx = first.g_idx;  // one permutation shared, as GPTQ writes q/k/v
+        parts.push_back(build_layer(l, ZeroFormat::GptqV1));
+        validate_gptq_linear(parts.back());
+    }
+    std::vector<const GptqLinear*> pointers;
+    for (const auto& p : parts) pointers.push_back(&p);
+    ASSERT_TRUE(can_concat_columns(pointers));
+    const GptqLinear fused = concat_columns(pointers, "qkv");
+    EXPECT_EQ(fused.n, 192);
+    EXPECT_TRUE(fused.act_order);
+    const std::vector<float> w = dequantize(fused);
+    std::int64_t column = 0;
+    for (const auto& p : parts) {
+        const std::vector<float> part = dequantize(p);
+        for (std::int64_t r = 0; r < k; ++r) {
+            for (std::int64_t c = 0; c < p.n; ++c) {
+                ASSERT_EQ(w[static_cast<std::size_t>(r * fused.n + column + c)], part[static_cast<std::size_t>(r * p.n + c)])
+                    << "row " << r << " column " << column + c;
+            }
+        }
+        column += p.n;
+    }
+}
+
+TEST(GptqConcatTest, RefusesPartsWithDifferentGIdx) {
+    std::mt19937 rng(7);
+    GptqLinear a = build_layer(random_logical(64, 32, 32, true, rng), ZeroFormat::GptqV1);
+    GptqLinear b = build_layer(random_logical(64, 32, 32, true, rng), ZeroFormat::GptqV1);
+    validate_gptq_linear(a);
+    validate_gptq_linear(b);
+    const std::vector<const GptqLinear*> pointers = {&a, &b};
+    EXPECT_FALSE(can_concat_columns(pointers));
+    EXPECT_THROW(concat_columns(pointers, "qkv"), Error);
+}
+
+}  // namespace
+}  // namespace q4tp::loaders
