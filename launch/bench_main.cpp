@@ -43,7 +43,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 struct BenchResult {
     double load_s = 0, prompt_tps = 0, best_tps = 0, worst_tps = 0, allreduce_us_per_token = 0;
-    double weights_gb = 0, kv_gb = 0, device_used_gb = 0;
+    double weights_gb = 0, kv_gb = 0, device_used_gb = 0, engine_gb = 0;
     double best_gbps = 0, worst_gbps = 0;
 };
 
@@ -162,13 +162,18 @@ int bench(int argc, char** argv) {
     runtime.all_logits = false;
 
     BenchResult r;
+    // Device memory in use before the model: the CUDA context, cuBLAS and the backend's fixed scratch.
+    const double before_model_gb = use_cuda ? device_used_gb() : 0.0;
     auto start = Clock::now();
     model::LlamaModel llama(config, quant, *weights, *ops, runtime, job.parallel());
     ops->synchronize();
     r.load_s = seconds_since(start);
     r.weights_gb = static_cast<double>(llama.weight_bytes()) / 1e9;
     r.kv_gb = static_cast<double>(llama.kv_cache_bytes()) / 1e9;
-    if (use_cuda) r.device_used_gb = device_used_gb();
+    if (use_cuda) {
+        r.device_used_gb = device_used_gb();
+        r.engine_gb = r.device_used_gb - before_model_gb;
+    }
 
     const auto long_prompt = random_tokens(prompt_tokens, config.vocab_size, 1);
     const auto short_prompt = random_tokens(4, config.vocab_size, 2);
@@ -219,9 +224,9 @@ int bench(int argc, char** argv) {
                   << 100.0 * r.allreduce_us_per_token * 1e-6 * r.best_tps << "% of a best-case step\n";
     }
     std::cout << std::setprecision(2) << "memory: weights " << r.weights_gb << " GB + KV cache " << r.kv_gb
-              << " GB; device in use " << r.device_used_gb << " GB ("
-              << (r.weights_gb + r.kv_gb > 0 ? 100.0 * (r.device_used_gb / (r.weights_gb + r.kv_gb) - 1.0) : 0.0)
-              << "% over weights + cache, CUDA context included)\n";
+              << " GB; the model allocated " << r.engine_gb << " GB ("
+              << (r.weights_gb + r.kv_gb > 0 ? 100.0 * (r.engine_gb / (r.weights_gb + r.kv_gb) - 1.0) : 0.0)
+              << "% over weights + cache); device in use " << r.device_used_gb << " GB with the CUDA context\n";
 
     if (!json_path.empty()) {
         std::ofstream json(json_path, std::ios::app);
@@ -231,7 +236,7 @@ int bench(int argc, char** argv) {
              << ",\"prompt_tps\":" << r.prompt_tps << ",\"best_tps\":" << r.best_tps << ",\"worst_tps\":" << r.worst_tps
              << ",\"best_gbps\":" << r.best_gbps << ",\"worst_gbps\":" << r.worst_gbps
              << ",\"weights_gb\":" << r.weights_gb << ",\"kv_gb\":" << r.kv_gb << ",\"device_used_gb\":"
-             << r.device_used_gb << ",\"load_s\":" << r.load_s << ",\"allreduce_us_per_token\":" << r.allreduce_us_per_token
+             << r.device_used_gb << ",\"engine_gb\":" << r.engine_gb << ",\"load_s\":" << r.load_s << ",\"allreduce_us_per_token\":" << r.allreduce_us_per_token
              << "}\n";
     }
     return 0;

@@ -38,10 +38,10 @@ struct LlamaModel::Workspace {
     TensorView k;          //!< [M][nkv*d]
     TensorView v;          //!< [M][nkv*d]
     TensorView attn;       //!< [M][nh*d]
-    TensorView proj;       //!< [M][H] o_proj / down_proj output before the residual add
+    TensorView proj;       //!< [M][H] a row-parallel layer's partial output before the all-reduce (TP > 1 only)
     TensorView gate;       //!< [M][I]
     TensorView up;         //!< [M][I]
-    TensorView act;        //!< [M][I]
+    TensorView act;        //!< [M][I] silu(gate) * up, written over gate
     TensorView qkv;        //!< [M][nh*d + 2 nkv*d] fused q|k|v output
     TensorView gate_up;    //!< [M][2 I] fused gate|up output
     TensorView logits;     //!< F32 [M][V_padded] this rank's vocabulary slice
@@ -116,10 +116,11 @@ LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, Weig
     ws_->k = ops_.allocate(act, Shape{m, kv_heads_local_ * d});
     ws_->v = ops_.allocate(act, Shape{m, kv_heads_local_ * d});
     ws_->attn = ops_.allocate(act, Shape{m, heads_local_ * d});
-    ws_->proj = ops_.allocate(act, Shape{m, config_.hidden_size});
+    // Row-parallel partial sums need their own buffer only under TP (at size 1 the residual add is fused).
+    if (parallel_.size > 1) ws_->proj = ops_.allocate(act, Shape{m, config_.hidden_size});
     ws_->gate = ops_.allocate(act, Shape{m, ffn_local_});
     ws_->up = ops_.allocate(act, Shape{m, ffn_local_});
-    ws_->act = ops_.allocate(act, Shape{m, ffn_local_});
+    ws_->act = ws_->gate;  // silu(gate) * up is computed in place: each element reads only its own inputs
     ws_->qkv = ops_.allocate(act, Shape{m, (heads_local_ + 2 * kv_heads_local_) * d});
     ws_->gate_up = ops_.allocate(act, Shape{m, 2 * ffn_local_});
     const std::int64_t logit_rows = runtime_.all_logits ? m : 1;

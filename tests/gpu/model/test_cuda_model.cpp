@@ -1,12 +1,13 @@
 // The whole model on the CUDA backend against the CPU backend and against Hugging Face transformers' goldens
 // for every fixture; graph replay against eager execution; no device allocation after load.
 //
-// Tolerance. The CUDA backend stores activations, weights and the KV cache in fp16 (rel. step 2^-11 ~ 4.9e-4)
-// and accumulates in fp32; the goldens are float32 throughout. Through 2-3 layers with RMSNorm, each fp16
-// rounding of an O(1-10) activation perturbs logits (std ~4, max ~15) by a few 1e-3, and these add up over a
-// few hundred roundings per logit: we allow max |diff| <= 0.03 + 0.01 |ref|, about 5x what we measured, while a
-// real bug (wrong zero point, rope pair, group, mask, head mapping) moves logits by O(1). Greedy tokens must
-// match exactly: the fixture tool chose weights whose greedy steps win by >= 0.05 (tests/data/fixtures/README.md).
+// Tolerance. The CUDA backend stores activations, weights and the KV cache in fp16 (relative step 2^-11, about
+// 4.9e-4) and accumulates in fp32; the goldens are float32 throughout. The rounding error of an fp16 activation
+// is proportional to its magnitude, so the logit error scales with the largest hidden values a fixture
+// produces (12 to 46 across the fixtures): we allow max |diff| <= 0.003 * max|hidden| + 0.01 |ref|. Measured on
+// an H100: 0.022 at max|hidden| 11.6 (bound 0.035) and 0.063 at max|hidden| 46 (bound 0.14). A real bug (a
+// wrong zero point, rope pair, group, mask or head mapping) moves logits by O(1). Greedy tokens must match
+// exactly: the fixture tool chose weights whose greedy steps win by >= 0.05 (tests/data/fixtures/README.md).
 
 #include <gtest/gtest.h>
 
@@ -44,6 +45,16 @@ struct CudaFixture {
     }
 };
 
+//! The absolute part of the logit tolerance for a fixture: 0.003 * the largest hidden value of its goldens.
+double logit_atol(const loaders::Hdf5File& golden) {
+    double largest = 1.0;
+    for (int i = 0; golden.has("prompt" + std::to_string(i)); ++i) {
+        const auto hidden = golden.read_float("prompt" + std::to_string(i) + "/layer_outputs");
+        largest = std::max(largest, max_abs(hidden.data.data(), hidden.data.size()));
+    }
+    return 0.003 * largest;
+}
+
 std::vector<std::int32_t> read_ints(const loaders::Hdf5File& file, const std::string& path) {
     const auto a = file.read_int(path);
     return std::vector<std::int32_t>(a.data.begin(), a.data.end());
@@ -58,6 +69,7 @@ TEST_P(CudaModelTest, MatchesTransformersAndCpuBackend) {
     CudaFixture gpu(dir, true);
     CpuFixture cpu(dir);
     double worst = 0.0;
+    const double atol = logit_atol(golden);
     for (int i = 0; golden.has("prompt" + std::to_string(i)); ++i) {
         const std::string group = "prompt" + std::to_string(i);
         const std::vector<std::int32_t> tokens = read_ints(golden, group + "/tokens");
@@ -65,8 +77,8 @@ TEST_P(CudaModelTest, MatchesTransformersAndCpuBackend) {
         std::vector<float> logits, cpu_logits;
         gpu.model->forward(tokens, 0, model::LogitsMode::All, logits);
         cpu.model->forward(tokens, 0, model::LogitsMode::All, cpu_logits);
-        EXPECT_TRUE(all_close(logits, ref.data, 0.03, 0.01)) << group << " vs transformers";
-        EXPECT_TRUE(all_close(logits, cpu_logits, 0.03, 0.01)) << group << " vs the CPU backend";
+        EXPECT_TRUE(all_close(logits, ref.data, atol, 0.01)) << group << " vs transformers";
+        EXPECT_TRUE(all_close(logits, cpu_logits, atol, 0.01)) << group << " vs the CPU backend";
         worst = std::max(worst, max_abs_diff(logits.data(), ref.data.data(), logits.size()));
 
         model::GenerationConfig greedy;
@@ -131,7 +143,8 @@ TEST(CudaModelPrefillTest, GemvAndCublasPathsAgree) {
     std::vector<float> a, b;
     whole.model->forward(prompt, 0, model::LogitsMode::All, a);
     chunked.model->forward(prompt, 0, model::LogitsMode::All, b);
-    EXPECT_TRUE(all_close(a, b, 0.03, 0.01));
+    // Both paths are fp16 with different rounding points; each may be off by the golden tolerance.
+    EXPECT_TRUE(all_close(a, b, 2 * logit_atol(loaders::Hdf5File::open_read(dir / "golden.h5")), 0.02));
 }
 
 }  // namespace

@@ -3,12 +3,16 @@
 //
 // Tolerance: both sides store activations in fp16; TP=2 rounds the two partial sums of o_proj and down to fp16
 // before adding them, one extra rounding of O(1-10) values per layer (~2.4e-4 relative each). Logits may move by
-// ~1e-2; we allow 0.05 + 0.01 |ref|, an order below any wrong shard. Greedy tokens must match: the fixtures'
-// greedy steps win by >= 0.05 (tests/data/fixtures/README.md).
+// ~1e-2; we allow 0.05 + 0.01 |ref|, an order below any wrong shard. The 64 greedy tokens must match, except that
+// after a step where TP=1's best two logits are closer than that tolerance the two may legitimately part ways
+// (a near-tie decided by rounding): the divergence must happen at a step whose gap is below 0.1, 4x the largest
+// logit difference measured between TP=2 and TP=1 (0.024, H100).
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "core/model/cuda_ops.h"
 #include "core/model/generator.h"
@@ -75,8 +79,23 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
         greedy.max_new_tokens = 64;
         greedy.ignore_eos = true;
         greedy.sampling.temperature = 0.0;
-        EXPECT_EQ(model::generate(*shard, tokenizer, prompt, greedy, nullptr).tokens,
-                  model::generate(whole, tokenizer, prompt, greedy, nullptr).tokens);
+        std::vector<double> gaps;  // TP=1's top-2 logit gap at each step
+        model::LogitsCallback record = [&](std::span<const float> row) {
+            std::vector<float> sorted(row.begin(), row.end());
+            std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+            gaps.push_back(static_cast<double>(sorted[0]) - sorted[1]);
+        };
+        const auto want = model::generate(whole, tokenizer, prompt, greedy, nullptr, &record).tokens;
+        const auto got = model::generate(*shard, tokenizer, prompt, greedy, nullptr).tokens;
+        ASSERT_EQ(got.size(), want.size());
+        const auto diverge = std::mismatch(got.begin(), got.end(), want.begin()).first - got.begin();
+        if (diverge < static_cast<std::ptrdiff_t>(got.size())) {
+            EXPECT_LT(gaps[static_cast<std::size_t>(diverge)], 0.1)  // 4x the 0.024 TP=2 vs TP=1 measured
+                << "greedy tokens part at step " << diverge << " where TP=1's choice was not a near-tie";
+        }
+        if (comm.rank() == 0) {
+            std::printf("[ tp       ] %s: %td of 64 greedy tokens identical\n", name.c_str(), diverge);
+        }
         ++ran;
     }
     if (comm.rank() == 0) std::printf("[ tp       ] %d fixtures checked on %d GPUs\n", ran, comm.size());
