@@ -2,12 +2,14 @@
 # Tensor parallelism on the 2-GPU machine in one call: build, the NCCL and TP=2 model suites, every single-GPU
 # `gpu` suite, then q4tp-bench at TP=1 and TP=2 (mpirun -np 2) for the synthetic Llama-2 shapes. JSON lines in
 # $OUT/scaling.jsonl (tools/plot_scaling.py draws the chart); a table is printed last.
-#   bash scripts/gpu_tp.sh [bench model names...]   (default: llama2-70b llama2-13b llama2-7b, all act-order)
+#   bash scripts/gpu_tp.sh [--tests-only] [bench model names...]   (default: llama2-70b llama2-13b llama2-7b, act-order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 out=${OUT:-out}
 mkdir -p "$out"
+tests_only=0
+if [ "${1:-}" = "--tests-only" ]; then tests_only=1; shift; fi
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(llama2-70b llama2-13b llama2-7b)
 gpus=$(nvidia-smi -L | tee "$out/cards.txt" | wc -l)
@@ -22,6 +24,8 @@ grep -E "\(Failed\)|\(Timeout\)|\(Exception\)" "$out/tests.log" | head -20
 # The first failure's details, if any.
 awk '/Failure|FAILED  \]/ {print; n++} n >= 12 {exit}' "$out/tests.log"
 
+grep -E "\[ ppl|\[ tp|\[ cuda" "$out/tests.log" | sort | uniq | head -20
+[ "$tests_only" = 1 ] && exit $status
 mpirun_np=(mpirun --allow-run-as-root -np "$gpus" -x NCCL_NVLS_ENABLE)
 for model in "${models[@]}"; do
   build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 --json "$out/scaling.jsonl" --log-level warn \
