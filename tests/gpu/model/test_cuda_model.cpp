@@ -4,8 +4,10 @@
 // Tolerance. The CUDA backend stores activations, weights and the KV cache in fp16 (relative step 2^-11, about
 // 4.9e-4) and accumulates in fp32; the goldens are float32 throughout. The rounding error of an fp16 activation
 // is proportional to its magnitude, so the logit error scales with the largest hidden values a fixture
-// produces (12 to 46 across the fixtures): we allow max |diff| <= 0.003 * max|hidden| + 0.01 |ref|. Measured on
-// an H100: 0.022 at max|hidden| 11.6 (bound 0.035) and 0.063 at max|hidden| 46 (bound 0.14). A real bug (a
+// produces (8 to 46 across the fixtures): we allow max |diff| <= max(0.05, 0.003 * max|hidden|) + 0.01 |ref|; the
+// floor covers the wide 32000-logit lm_head, whose largest of many random errors is larger. Measured: 0.022 at
+// max|hidden| 11.6 (H100), 0.038 over 160000 logits at max|hidden| 8.3 (H200), 0.063 at max|hidden| 46 (H100,
+// bound 0.14). A real bug (a
 // wrong zero point, rope pair, group, mask or head mapping) moves logits by O(1). Greedy tokens must match
 // exactly: the fixture tool chose weights whose greedy steps win by >= 0.05 (tests/data/fixtures/README.md).
 
@@ -46,14 +48,15 @@ struct CudaFixture {
     }
 };
 
-//! The absolute part of the logit tolerance for a fixture: 0.003 * the largest hidden value of its goldens.
+//! The absolute part of the logit tolerance for a fixture: 0.003 * the largest hidden value of its goldens, at
+//! least 0.05.
 double logit_atol(const loaders::Hdf5File& golden) {
     double largest = 1.0;
     for (int i = 0; golden.has("prompt" + std::to_string(i)); ++i) {
         const auto hidden = golden.read_float("prompt" + std::to_string(i) + "/layer_outputs");
         largest = std::max(largest, max_abs(hidden.data.data(), hidden.data.size()));
     }
-    return 0.003 * largest;
+    return std::max(0.05, 0.003 * largest);
 }
 
 std::vector<std::int32_t> read_ints(const loaders::Hdf5File& file, const std::string& path) {
