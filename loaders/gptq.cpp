@@ -512,8 +512,8 @@ void validate_gptq_linear(GptqLinear& layer) {
 
 // ---- loading ------------------------------------------------------------------------------------
 
-GptqLinear load_gptq_linear(
-    const Checkpoint& ckpt, const std::string& name, std::int64_t k, std::int64_t n, const QuantConfig& quant) {
+GptqHeaders check_gptq_headers(const Checkpoint& ckpt, const std::string& name, std::int64_t k, std::int64_t n,
+                               const QuantConfig& quant) {
     auto required = [&](const char* suffix) {
         const TensorRef ref = ckpt.find(name + suffix);
         Q4TP_CHECK(ref, name << suffix << ": tensor missing from checkpoint " << ckpt.directory().string() << " ("
@@ -526,11 +526,17 @@ GptqLinear load_gptq_linear(
     const TensorRef scales = required(".scales");
     const TensorRef g_idx = ckpt.find(name + ".g_idx");
     const TensorRef bias = ckpt.find(name + ".bias");
-
     GptqTensorMetas metas{meta_of(qweight), meta_of(qzeros), meta_of(scales), std::nullopt, std::nullopt};
     if (g_idx) metas.g_idx = meta_of(g_idx);
     if (bias) metas.bias = meta_of(bias);
-    const GptqGeometry geo = check_gptq_tensor_metas(name, k, n, quant, metas);
+    return GptqHeaders{check_gptq_tensor_metas(name, k, n, quant, metas), static_cast<bool>(g_idx),
+                       static_cast<bool>(bias)};
+}
+
+GptqLinear load_gptq_linear(
+    const Checkpoint& ckpt, const std::string& name, std::int64_t k, std::int64_t n, const QuantConfig& quant) {
+    const GptqHeaders headers = check_gptq_headers(ckpt, name, k, n, quant);
+    const GptqGeometry& geo = headers.geometry;
 
     GptqLinear layer;
     layer.name = name;
@@ -543,11 +549,11 @@ GptqLinear load_gptq_linear(
     layer.qweight = ckpt.read<std::uint32_t>(name + ".qweight", DType::I32, {k / 8, n});
     layer.qzeros = ckpt.read<std::uint32_t>(name + ".qzeros", DType::I32, {geo.num_groups, n / 8});
     layer.scales = ckpt.read<std::uint16_t>(name + ".scales", DType::F16, {geo.num_groups, n});
-    if (g_idx) {
+    if (headers.has_g_idx) {
         const auto values = ckpt.read<std::int32_t>(name + ".g_idx", DType::I32, {k});
         layer.g_idx.assign(values.begin(), values.end());
     }
-    if (bias) layer.bias = ckpt.read<std::uint16_t>(name + ".bias", DType::F16, {n});
+    if (headers.has_bias) layer.bias = ckpt.read<std::uint16_t>(name + ".bias", DType::F16, {n});
     validate_gptq_linear(layer);
     return layer;
 }

@@ -146,6 +146,16 @@ struct GptqGeometry {
 GptqGeometry check_gptq_tensor_metas(
     const std::string& name, std::int64_t k, std::int64_t n, const QuantConfig& quant, const GptqTensorMetas& metas);
 
+//! check_gptq_tensor_metas on a checkpoint's headers for the layer `name` (nothing read but headers): finds
+//! .qweight/.qzeros/.scales (each required; a missing one is named) and the optional .g_idx/.bias.
+struct GptqHeaders {
+    GptqGeometry geometry;
+    bool has_g_idx = false;
+    bool has_bias = false;
+};
+GptqHeaders check_gptq_headers(const Checkpoint& ckpt, const std::string& name, std::int64_t k, std::int64_t n,
+                               const QuantConfig& quant);
+
 //! Validates a layer whose buffers are already filled and completes its derived fields. The caller sets name, k,
 //! n, group_size (-1 allowed) and zero_format and fills qweight, qzeros, scales, and optionally g_idx and bias.
 //! Checks buffer sizes, K/N divisibility, g_idx (R2.18; an empty g_idx becomes k / gs, R2.17), finite scales and,

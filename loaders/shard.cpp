@@ -300,22 +300,8 @@ FullLayer view_of(const GptqLinear& layer) {
 
 FullLayer view_of(
     const Checkpoint& ckpt, const std::string& name, const QuantConfig& quant, std::int64_t k, std::int64_t n) {
-    auto required = [&](const char* suffix) {
-        const TensorRef ref = ckpt.find(name + suffix);
-        Q4TP_CHECK(ref, name << suffix << ": tensor missing from checkpoint " << ckpt.directory().string() << " ("
-                             << ckpt.source() << "); a GPTQ layer needs .qweight, .qzeros and .scales");
-        return ref;
-    };
-    auto meta_of = [](const TensorRef& ref) { return TensorMeta{ref.info->dtype_name, ref.info->shape}; };
-    const TensorRef qweight = required(".qweight");
-    const TensorRef qzeros = required(".qzeros");
-    const TensorRef scales = required(".scales");
-    const TensorRef g_idx = ckpt.find(name + ".g_idx");
-    const TensorRef bias = ckpt.find(name + ".bias");
-    GptqTensorMetas metas{meta_of(qweight), meta_of(qzeros), meta_of(scales), std::nullopt, std::nullopt};
-    if (g_idx) metas.g_idx = meta_of(g_idx);
-    if (bias) metas.bias = meta_of(bias);
-    const GptqGeometry geo = check_gptq_tensor_metas(name, k, n, quant, metas);
+    const GptqHeaders headers = check_gptq_headers(ckpt, name, k, n, quant);
+    const GptqGeometry& geo = headers.geometry;
 
     FullLayer full;
     full.name = name;
@@ -327,8 +313,8 @@ FullLayer view_of(
     full.qweight = ckpt.checked(name + ".qweight", DType::I32, {k / 8, n});
     full.qzeros = ckpt.checked(name + ".qzeros", DType::I32, {geo.num_groups, n / 8});
     full.scales = ckpt.checked(name + ".scales", DType::F16, {geo.num_groups, n});
-    if (bias) full.bias = ckpt.checked(name + ".bias", DType::F16, {n});
-    if (g_idx) {
+    if (headers.has_bias) full.bias = ckpt.checked(name + ".bias", DType::F16, {n});
+    if (headers.has_g_idx) {
         const auto values = ckpt.read<std::int32_t>(name + ".g_idx", DType::I32, {k});
         full.g_idx.assign(values.begin(), values.end());
     }
