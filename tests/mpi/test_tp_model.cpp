@@ -22,6 +22,7 @@
 #include "loaders/safetensors_writer.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/cpu/golden_util.h"
+#include "tests/cpu/perplexity_golden.h"
 #include "tests/mpi/mpi_test_env.h"
 
 namespace q4tp::test {
@@ -161,6 +162,33 @@ TEST(TensorParallelCpuTest, ActOrderCheckpointSplitByEveryRankCountMatchesTp1) {
     expect_same_model(*m, "Once upon a time, in a land far away");
     mpi_session().barrier();
     if (comm.rank() == 0) fs::remove_all(dir);
+}
+
+// The embedded tiny Llama's perplexity split over N ranks: the first windows' negative log-likelihoods equal
+// transformers' (tests/data/perplexity/golden.h5) within 0.1%, the bound issue 6 sets.
+TEST(TensorParallelCpuTest, EmbeddedModelPerplexityMatchesTransformers) {
+    parallel::MpiCommunicator comm(mpi_session());
+    const PerplexityGolden golden;
+    const fs::path dir = embedded_model_dir();
+    const ModelConfig config = loaders::load_model_config(dir / "config.json");
+    const QuantConfig quant = loaders::load_quant_config(dir);
+    const loaders::Checkpoint ckpt = loaders::Checkpoint::open(dir, quant.model_file_base_name);
+    model::CheckpointWeights weights(ckpt, quant);
+    model::RuntimeConfig runtime;
+    runtime.max_context = golden.config.window;
+    runtime.max_batch_tokens = golden.config.window;
+    model::CpuOps ops;
+    model::LlamaModel llama(config, quant, weights, ops, runtime,
+                            model::ParallelContext{comm.rank(), comm.size(), &comm});
+    constexpr std::size_t kWindows = 2;
+    const std::int64_t text_window = golden.config.window - (golden.config.add_bos ? 1 : 0);
+    const auto end = static_cast<std::ptrdiff_t>(golden.config.stride * (kWindows - 1) + text_window);
+    const std::vector<std::int32_t> prefix(golden.tokens.begin(), golden.tokens.begin() + end);
+    const model::PerplexityResult result = model::evaluate_perplexity(llama, prefix, golden.config);
+    ASSERT_EQ(result.window_nll.size(), kWindows);
+    for (std::size_t w = 0; w < kWindows; ++w) {
+        EXPECT_NEAR(result.window_nll[w], golden.gptq_window_nll[w], 1e-3 * golden.gptq_window_nll[w]) << "window " << w;
+    }
 }
 
 }  // namespace
