@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <sstream>
+#include <utility>
+
+#include "core/base/error.h"
+#include "loaders/shard.h"
 
 namespace q4tp::model {
 namespace {
@@ -16,39 +20,35 @@ std::size_t gptq_bytes(std::int64_t k, std::int64_t n, std::int64_t num_groups) 
     return to_size(k * n / 2 + num_groups * n * 2 + num_groups * n / 2 + k * 4);
 }
 
+// Layer 0's projections stand for every layer (all layers have one shape).
+const std::pair<loaders::LinearRole, const char*> kLayerRoles[] = {
+    {loaders::LinearRole::QueryProj, "model.layers.0.self_attn.q_proj"},
+    {loaders::LinearRole::KeyProj, "model.layers.0.self_attn.k_proj"},
+    {loaders::LinearRole::ValueProj, "model.layers.0.self_attn.v_proj"},
+    {loaders::LinearRole::OutputProj, "model.layers.0.self_attn.o_proj"},
+    {loaders::LinearRole::GateProj, "model.layers.0.mlp.gate_proj"},
+    {loaders::LinearRole::UpProj, "model.layers.0.mlp.up_proj"},
+    {loaders::LinearRole::DownProj, "model.layers.0.mlp.down_proj"},
+};
+
 std::int64_t groups_of(const QuantConfig& quant, std::int64_t k) {
     return quant.group_size <= 0 ? 1 : ceil_div(k, quant.group_size);
-}
-
-// Rows of K the largest rank holds in a row-parallel split: whole groups, uneven when the group count
-// does not divide. With one group over all of K (group_size -1) the scales are per column only, so rows
-// split freely in packed words of 8.
-std::int64_t row_shard_rows(const QuantConfig& quant, std::int64_t k, int tp) {
-    if (quant.group_size <= 0) return ceil_div(k / 8, tp) * 8;
-    return std::min(k, ceil_div(groups_of(quant, k), tp) * quant.group_size);
 }
 
 }  // namespace
 
 std::string tp_unsupported_reason(const ModelConfig& c, const QuantConfig& quant, int tp) {
-    std::ostringstream why;
-    if (tp < 1) {
-        why << "the tensor-parallel size must be >= 1, got " << tp;
-    } else if (c.num_attention_heads % tp != 0) {
-        why << c.num_attention_heads << " attention heads cannot be split evenly over " << tp << " GPUs";
-    } else if (c.num_key_value_heads % tp != 0 && tp % c.num_key_value_heads != 0) {
-        why << c.num_key_value_heads << " KV heads can be neither split over nor replicated across " << tp << " GPUs";
-    } else if (c.intermediate_size % (8 * tp) != 0) {
-        why << "intermediate_size " << c.intermediate_size << " does not split over " << tp
-            << " GPUs in columns of 8 (one packed word)";
-    } else if (quant.group_size > 0 && groups_of(quant, c.intermediate_size) < tp) {
-        why << "down_proj has " << groups_of(quant, c.intermediate_size) << " groups, fewer than " << tp
-            << " GPUs (row-parallel layers split whole groups)";
-    } else if (quant.group_size > 0 && groups_of(quant, c.q_dim()) < tp) {
-        why << "o_proj has " << groups_of(quant, c.q_dim()) << " groups, fewer than " << tp
-            << " GPUs (row-parallel layers split whole groups)";
+    if (tp < 1) return "the tensor-parallel size must be >= 1, got " + std::to_string(tp);
+    // The split plans are the one authority on what a TP size can cut (loaders/shard.h): ask them.
+    try {
+        for (int rank = 0; rank < tp; ++rank) {
+            for (const auto& [role, name] : kLayerRoles) loaders::plan_split(name, role, c, quant, rank, tp);
+            (void)loaders::vocab_range("lm_head.weight", c.vocab_size, rank, tp);
+        }
+    } catch (const Error& e) {
+        return e.message();
     }
-    return why.str();
+    return "";
 }
 
 MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, std::int64_t context,
@@ -59,34 +59,42 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
     plan.supported = plan.reason.empty();
     if (!plan.supported) return plan;
 
-    const std::int64_t h = c.hidden_size, d = c.head_dim, ffn = c.intermediate_size;
-    const std::int64_t heads = c.num_attention_heads / tp;
-    // KV heads are split when there are at least as many as ranks, otherwise each rank keeps one copy.
-    const std::int64_t kv_heads = std::max<std::int64_t>(c.num_key_value_heads / tp, 1);
-    const std::int64_t ffn_local = ffn / tp;
-
-    // Column-parallel layers keep every row and all groups for their columns.
-    const std::int64_t g_h = groups_of(quant, h);
-    std::size_t per_layer = gptq_bytes(h, heads * d, g_h) + 2 * gptq_bytes(h, kv_heads * d, g_h) +
-                            2 * gptq_bytes(h, ffn_local, g_h);
-    // Row-parallel layers split K in whole groups (the largest share is ceil) and, for act-order,
-    // keep every group's scales and zeros (docs/design.md): count the full set to be safe.
-    per_layer += gptq_bytes(row_shard_rows(quant, c.q_dim(), tp), h, groups_of(quant, c.q_dim())) +
-                 gptq_bytes(row_shard_rows(quant, ffn, tp), h, groups_of(quant, ffn));
+    // The largest rank's share of each layer, from the same plans the loader cuts by. Act-order row shards keep
+    // every group's scales and zeros (docs/design.md), so row-parallel layers count all groups.
+    std::size_t per_layer = 0;
+    std::int64_t largest_layer = 0, local_q = 0, local_kv = 0, local_ffn = 0;
+    for (const auto& [role, name] : kLayerRoles) {
+        std::size_t worst = 0;
+        for (int rank = 0; rank < tp; ++rank) {
+            const loaders::SplitPlan p = loaders::plan_split(name, role, c, quant, rank, tp);
+            const bool column = loaders::is_column_parallel(role);
+            const std::int64_t k = column ? p.k : p.range.size();
+            const std::int64_t n = column ? p.range.size() : p.n;
+            worst = std::max(worst, gptq_bytes(k, n, groups_of(quant, p.k)));
+            largest_layer = std::max(largest_layer, k * n);
+            if (role == loaders::LinearRole::QueryProj) local_q = std::max(local_q, n);
+            if (role == loaders::LinearRole::KeyProj) local_kv = std::max(local_kv, n);
+            if (role == loaders::LinearRole::GateProj) local_ffn = std::max(local_ffn, n);
+        }
+        per_layer += worst;
+    }
     plan.quantized_bytes = per_layer * to_size(c.num_hidden_layers);
 
+    const std::int64_t h = c.hidden_size, d = c.head_dim;
     const std::int64_t vocab_local = ceil_div(c.vocab_size, tp);
-    plan.dense_bytes = to_size(c.vocab_size * h * 2 + (c.tie_word_embeddings ? 0 : vocab_local * h * 2) +
+    plan.dense_bytes = to_size(c.vocab_size * h * 2 + (c.tie_word_embeddings && tp == 1 ? 0 : vocab_local * h * 2) +
                                (2 * c.num_hidden_layers + 1) * h * 2);
-    plan.kv_cache_bytes = to_size(2 * c.num_hidden_layers * kv_heads * context * d * 2);
+    plan.kv_cache_bytes = to_size(2 * c.num_hidden_layers * local_kv * context * 2);
 
-    // Activations (fp16) for max_batch_tokens rows, fp32 logits, and the fp16 scratch the prefill path
-    // dequantizes the largest local layer into.
+    // Activations (fp16) for max_batch_tokens rows (x, h, q, k, v, attention out, the fused q|k|v and gate|up
+    // outputs and their split copies), one row of fp32 logits per rank and its all-gather, and the fp16 scratch
+    // the prefill path dequantizes the largest local layer (fused gate|up) into.
     const std::int64_t m = max_batch_tokens;
-    const std::int64_t activations = m * (4 * h + 2 * heads * d + 2 * kv_heads * d + 3 * ffn_local) * 2;
-    const std::int64_t logits = m * c.vocab_size * 4;
-    const std::int64_t largest_layer = std::max({h * ffn_local, ffn * h / tp, h * heads * d});
-    plan.workspace_bytes = to_size(activations + logits + largest_layer * 2);
+    const std::int64_t activations = m * (3 * h + 2 * local_q + 2 * local_kv + 2 * (local_q + 2 * local_kv) +
+                                          4 * local_ffn) * 2;
+    const std::int64_t logits = (tp + 1) * vocab_local * 4;
+    plan.workspace_bytes = to_size(activations + logits + 2 * largest_layer * 2);
+    (void)d;
     return plan;
 }
 
