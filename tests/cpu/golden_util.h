@@ -30,6 +30,17 @@ inline std::vector<std::string> fixture_names() {
     return names;
 }
 
+//! A model directory loaded on `ops`: the whole model, or this rank's share under tensor parallelism.
+inline std::unique_ptr<model::LlamaModel> load_model(const std::filesystem::path& dir, model::Ops& ops,
+                                                     const model::RuntimeConfig& runtime,
+                                                     const model::ParallelContext& parallel = {}) {
+    const ModelConfig config = loaders::load_model_config(dir / "config.json");
+    const QuantConfig quant = loaders::load_quant_config(dir);
+    const loaders::Checkpoint checkpoint = loaders::Checkpoint::open(dir, quant.model_file_base_name);
+    model::CheckpointWeights weights(checkpoint, quant);
+    return std::make_unique<model::LlamaModel>(config, quant, weights, ops, runtime, parallel);
+}
+
 //! A fixture loaded on the CPU backend.
 struct CpuFixture {
     ModelConfig config;
@@ -43,12 +54,10 @@ struct CpuFixture {
         config = loaders::load_model_config(dir / "config.json");
         quant = loaders::load_quant_config(dir);
         tokenizer = std::make_unique<loaders::Tokenizer>(loaders::Tokenizer::load(dir / "tokenizer.model"));
-        const loaders::Checkpoint checkpoint = loaders::Checkpoint::open(dir, quant.model_file_base_name);
         model::RuntimeConfig runtime;
         runtime.max_context = context;
         runtime.max_batch_tokens = max_batch_tokens;
-        model::CheckpointWeights weights(checkpoint, quant);
-        model = std::make_unique<model::LlamaModel>(config, quant, weights, ops, runtime);
+        model = load_model(dir, ops, runtime);
     }
 };
 

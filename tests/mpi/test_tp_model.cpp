@@ -43,14 +43,11 @@ std::unique_ptr<Models> load_both(const fs::path& dir, parallel::Communicator& c
     m->config = loaders::load_model_config(dir / "config.json");
     m->quant = loaders::load_quant_config(dir);
     m->tokenizer = std::make_unique<loaders::Tokenizer>(loaders::Tokenizer::load(dir / "tokenizer.model"));
-    const loaders::Checkpoint ckpt = loaders::Checkpoint::open(dir, m->quant.model_file_base_name);
-    model::CheckpointWeights weights(ckpt, m->quant);
     model::RuntimeConfig runtime;
     runtime.max_context = 128;
     runtime.max_batch_tokens = 64;
-    m->whole = std::make_unique<model::LlamaModel>(m->config, m->quant, weights, m->whole_ops, runtime);
-    m->shard = std::make_unique<model::LlamaModel>(m->config, m->quant, weights, m->shard_ops, runtime,
-                                                   model::ParallelContext{comm.rank(), comm.size(), &comm});
+    m->whole = load_model(dir, m->whole_ops, runtime);
+    m->shard = load_model(dir, m->shard_ops, runtime, model::ParallelContext{comm.rank(), comm.size(), &comm});
     return m;
 }
 
@@ -169,22 +166,17 @@ TEST(TensorParallelCpuTest, ActOrderCheckpointSplitByEveryRankCountMatchesTp1) {
 TEST(TensorParallelCpuTest, EmbeddedModelPerplexityMatchesTransformers) {
     parallel::MpiCommunicator comm(mpi_session());
     const PerplexityGolden golden;
-    const fs::path dir = embedded_model_dir();
-    const ModelConfig config = loaders::load_model_config(dir / "config.json");
-    const QuantConfig quant = loaders::load_quant_config(dir);
-    const loaders::Checkpoint ckpt = loaders::Checkpoint::open(dir, quant.model_file_base_name);
-    model::CheckpointWeights weights(ckpt, quant);
     model::RuntimeConfig runtime;
     runtime.max_context = golden.config.window;
     runtime.max_batch_tokens = golden.config.window;
     model::CpuOps ops;
-    model::LlamaModel llama(config, quant, weights, ops, runtime,
-                            model::ParallelContext{comm.rank(), comm.size(), &comm});
+    const auto llama = load_model(embedded_model_dir(), ops, runtime,
+                                  model::ParallelContext{comm.rank(), comm.size(), &comm});
     constexpr std::size_t kWindows = 2;
     const std::int64_t text_window = golden.config.window - (golden.config.add_bos ? 1 : 0);
     const auto end = static_cast<std::ptrdiff_t>(golden.config.stride * (kWindows - 1) + text_window);
     const std::vector<std::int32_t> prefix(golden.tokens.begin(), golden.tokens.begin() + end);
-    const model::PerplexityResult result = model::evaluate_perplexity(llama, prefix, golden.config);
+    const model::PerplexityResult result = model::evaluate_perplexity(*llama, prefix, golden.config);
     ASSERT_EQ(result.window_nll.size(), kWindows);
     for (std::size_t w = 0; w < kWindows; ++w) {
         EXPECT_NEAR(result.window_nll[w], golden.gptq_window_nll[w], 1e-3 * golden.gptq_window_nll[w]) << "window " << w;

@@ -28,23 +28,19 @@ namespace {
 
 struct CudaFixture {
     ModelConfig config;
-    QuantConfig quant;
     std::unique_ptr<loaders::Tokenizer> tokenizer;
     std::unique_ptr<model::CudaOps> ops;
     std::unique_ptr<model::LlamaModel> model;
 
     CudaFixture(const std::filesystem::path& dir, bool use_graphs, std::int64_t max_batch_tokens = 64) {
         config = loaders::load_model_config(dir / "config.json");
-        quant = loaders::load_quant_config(dir);
         tokenizer = std::make_unique<loaders::Tokenizer>(loaders::Tokenizer::load(dir / "tokenizer.model"));
-        const loaders::Checkpoint checkpoint = loaders::Checkpoint::open(dir, quant.model_file_base_name);
-        model::CheckpointWeights weights(checkpoint, quant);
         model::RuntimeConfig runtime;
         runtime.max_context = 256;
         runtime.max_batch_tokens = max_batch_tokens;
         runtime.use_graphs = use_graphs;
         ops = std::make_unique<model::CudaOps>();
-        model = std::make_unique<model::LlamaModel>(config, quant, weights, *ops, runtime);
+        model = load_model(dir, *ops, runtime);
     }
 };
 
@@ -163,17 +159,12 @@ namespace {
 TEST(CudaPerplexityTest, EmbeddedModelMatchesTransformersWithinPointOnePercent) {
     Q4TP_SKIP_WITHOUT_GPU();
     const PerplexityGolden golden;
-    const auto dir = embedded_model_dir();
-    const ModelConfig config = loaders::load_model_config(dir / "config.json");
-    const QuantConfig quant = loaders::load_quant_config(dir);
-    const loaders::Checkpoint ckpt = loaders::Checkpoint::open(dir, quant.model_file_base_name);
-    model::CheckpointWeights weights(ckpt, quant);
     model::RuntimeConfig runtime;
     runtime.max_context = golden.config.window;
     runtime.max_batch_tokens = golden.config.window;
     model::CudaOps ops;
-    model::LlamaModel llama(config, quant, weights, ops, runtime);
-    const model::PerplexityResult result = model::evaluate_perplexity(llama, golden.tokens, golden.config);
+    const auto llama = load_model(embedded_model_dir(), ops, runtime);
+    const model::PerplexityResult result = model::evaluate_perplexity(*llama, golden.tokens, golden.config);
     EXPECT_EQ(result.window_nll.size(), golden.gptq_window_nll.size());
     EXPECT_NEAR(result.perplexity(), golden.gptq_ppl, 1e-3 * golden.gptq_ppl);
     std::printf("[ ppl      ] cuda: %.4f vs transformers %.4f (4-bit); fp16 model %.4f; %.1f tokens/s\n",
