@@ -34,7 +34,7 @@ struct LlamaModel::Workspace {
     TensorView positions;  //!< I32 [M]
     TensorView x;          //!< [M][H] residual stream
     TensorView h;          //!< [M][H] normed input of a block
-    TensorView q;          //!< [M][nh*d]
+    TensorView q;          //!< [M][nh*d]  (q, k, v, attn, gate and up share one region, by phase)
     TensorView k;          //!< [M][nkv*d]
     TensorView v;          //!< [M][nkv*d]
     TensorView attn;       //!< [M][nh*d]
@@ -112,15 +112,29 @@ LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, Weig
     ws_->positions = ops_.allocate(DType::I32, Shape{m});
     ws_->x = ops_.allocate(act, Shape{m, config_.hidden_size});
     ws_->h = ops_.allocate(act, Shape{m, config_.hidden_size});
-    ws_->q = ops_.allocate(act, Shape{m, heads_local_ * d});
-    ws_->k = ops_.allocate(act, Shape{m, kv_heads_local_ * d});
-    ws_->v = ops_.allocate(act, Shape{m, kv_heads_local_ * d});
-    ws_->attn = ops_.allocate(act, Shape{m, heads_local_ * d});
+    // The attention block's q, k, v and attention output and the MLP block's gate and up are never alive at
+    // the same time (o_proj has consumed attn before gate|up is split), so both sets share one region.
+    const std::int64_t q_cols = heads_local_ * d, kv_cols = kv_heads_local_ * d;
+    const std::int64_t attention_cols = 2 * q_cols + 2 * kv_cols, mlp_cols = 2 * ffn_local_;
+    const TensorView region = ops_.allocate(act, Shape{m * std::max(attention_cols, mlp_cols)});
+    std::int64_t offset = 0;
+    auto carve = [&](std::int64_t cols) {
+        TensorView view = region;
+        view.data = static_cast<char*>(region.data) + static_cast<std::size_t>(offset) * dtype_size(act);
+        view.shape = Shape{m, cols};
+        offset += m * cols;
+        return view;
+    };
+    ws_->q = carve(q_cols);
+    ws_->k = carve(kv_cols);
+    ws_->v = carve(kv_cols);
+    ws_->attn = carve(q_cols);
+    offset = 0;
+    ws_->gate = carve(ffn_local_);
+    ws_->up = carve(ffn_local_);
+    ws_->act = ws_->gate;  // silu(gate) * up is computed in place: each element reads only its own inputs
     // Row-parallel partial sums need their own buffer only under TP (at size 1 the residual add is fused).
     if (parallel_.size > 1) ws_->proj = ops_.allocate(act, Shape{m, config_.hidden_size});
-    ws_->gate = ops_.allocate(act, Shape{m, ffn_local_});
-    ws_->up = ops_.allocate(act, Shape{m, ffn_local_});
-    ws_->act = ws_->gate;  // silu(gate) * up is computed in place: each element reads only its own inputs
     ws_->qkv = ops_.allocate(act, Shape{m, (heads_local_ + 2 * kv_heads_local_) * d});
     ws_->gate_up = ops_.allocate(act, Shape{m, 2 * ffn_local_});
     const std::int64_t logit_rows = runtime_.all_logits ? m : 1;

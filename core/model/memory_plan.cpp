@@ -86,12 +86,14 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
                                (2 * c.num_hidden_layers + 1) * h * 2);
     plan.kv_cache_bytes = to_size(2 * c.num_hidden_layers * local_kv * context * 2);
 
-    // Activations (fp16) for max_batch_tokens rows (x, h, q, k, v, attention out, the fused q|k|v and gate|up
-    // outputs and their split copies), one row of fp32 logits per rank and its all-gather, and the fp16 scratch
-    // the prefill path dequantizes the largest local layer (fused gate|up) into.
+    // Activations (fp16) for max_batch_tokens rows as LlamaModel plans them: x and h, one region shared by
+    // q/k/v/attention and gate/up, the fused q|k|v and gate|up outputs, a partial-sum buffer under TP; one row
+    // of fp32 logits per rank and its all-gather; the fp16 scratch prefill dequantizes the largest local layer
+    // (fused gate|up) into.
     const std::int64_t m = max_batch_tokens;
-    const std::int64_t activations = m * (3 * h + 2 * local_q + 2 * local_kv + 2 * (local_q + 2 * local_kv) +
-                                          4 * local_ffn) * 2;
+    const std::int64_t shared = std::max(2 * local_q + 2 * local_kv, 2 * local_ffn);
+    const std::int64_t activations =
+        m * ((tp > 1 ? 3 : 2) * h + shared + (local_q + 2 * local_kv) + 2 * local_ffn) * 2;
     const std::int64_t logits = (tp + 1) * vocab_local * 4;
     plan.workspace_bytes = to_size(activations + logits + 2 * largest_layer * 2);
     (void)d;
