@@ -13,6 +13,7 @@
 #include "loaders/checkpoint.h"
 #include "loaders/gptq.h"
 #include "loaders/safetensors_writer.h"
+#include "tests/unit/loaders/st_test_util.h"
 
 namespace q4tp::loaders {
 namespace {
@@ -592,16 +593,7 @@ TEST(GptqMetaTest, WrongShapes_Refused) {
 //! A unique model directory under the test temp dir, removed afterwards.
 class GptqLoadTest : public ::testing::Test {
    protected:
-    void SetUp() override {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        dir_ = std::filesystem::path(::testing::TempDir()) /
-               ("q4tp_gptq_" + std::string(info->name()) + "_" + std::to_string(std::random_device{}()));
-        std::filesystem::create_directories(dir_);
-    }
-    void TearDown() override {
-        std::error_code ec;
-        std::filesystem::remove_all(dir_, ec);
-    }
+    st_test::ScopedTempDir temp_;  // created per test, removed with its contents afterwards
 
     //! The entries of one layer as a GPTQ v1 file stores them (qweight/qzeros as I32).
     static void add_layer(std::vector<SafetensorsEntry>& entries,
@@ -631,7 +623,7 @@ class GptqLoadTest : public ::testing::Test {
         write_safetensors(dir_ / "model.safetensors", std::move(entries));
     }
 
-    std::filesystem::path dir_;
+    const std::filesystem::path& dir_ = temp_.path();
 };
 
 TEST_F(GptqLoadTest, LoadsLayers_ActOrderBiasAndMissingGIdx) {

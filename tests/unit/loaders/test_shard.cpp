@@ -18,6 +18,7 @@
 #include "loaders/quant_config.h"
 #include "loaders/safetensors_writer.h"
 #include "loaders/shard.h"
+#include "tests/unit/loaders/st_test_util.h"
 
 namespace q4tp::loaders {
 namespace {
@@ -295,16 +296,7 @@ std::vector<RowShard> check_row_shards(const GptqLinear& full,
 //! A unique directory under the test temp dir, removed afterwards.
 class TempDirTest : public ::testing::Test {
    protected:
-    void SetUp() override {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        dir_ = std::filesystem::path(::testing::TempDir()) /
-               ("q4tp_shard_" + std::string(info->name()) + "_" + std::to_string(std::random_device{}()));
-        std::filesystem::create_directories(dir_);
-    }
-    void TearDown() override {
-        std::error_code ec;
-        std::filesystem::remove_all(dir_, ec);
-    }
+    st_test::ScopedTempDir temp_;  // created per test, removed with its contents afterwards
 
     //! Appends one layer's tensors as a GPTQ file stores them (qweight / qzeros as I32, scales F16).
     static void add_layer(std::vector<SafetensorsEntry>& entries, const GptqLinear& layer, ZeroFormat written_as) {
@@ -324,7 +316,7 @@ class TempDirTest : public ::testing::Test {
         }
     }
 
-    std::filesystem::path dir_;
+    const std::filesystem::path& dir_ = temp_.path();
 };
 
 // ---- planning -----------------------------------------------------------------------------------
