@@ -60,7 +60,6 @@ SEQUENTIAL_SETS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", 
                    ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))
 # The dequantized model must stay within this perplexity ratio of the fp16 model, else the tool fails.
 MAX_PPL_RATIO = 1.15
-SAMPLE_PROMPTS = ("The tutorial", "A list is", "In Python, a function", "The logging module")
 
 
 class _StopForward(Exception):
@@ -492,18 +491,6 @@ def check_windowed_nll() -> None:
 # Evaluation, goldens, samples
 # ---------------------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def samples(model, sp, device: str) -> list[dict]:
-    out = []
-    for i, prompt in enumerate(SAMPLE_PROMPTS):
-        ids = torch.tensor([[tl.BOS_ID] + sp.encode(prompt)], device=device)
-        greedy = model.generate(ids, max_new_tokens=48, do_sample=False, pad_token_id=tl.EOS_ID)
-        torch.manual_seed(1000 + i)
-        sampled = model.generate(ids, max_new_tokens=48, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
-                                 pad_token_id=tl.EOS_ID)
-        out.append({"prompt": prompt, "greedy": sp.decode(greedy[0, ids.shape[1]:].tolist()),
-                    "sampled_t0.8_p0.95": sp.decode(sampled[0, ids.shape[1]:].tolist())})
-    return out
 
 
 def write_golden(path: Path, tokens: np.ndarray, windows: np.ndarray, evals: dict[str, dict], meta: dict) -> None:
@@ -620,7 +607,7 @@ def main(argv: list[str]) -> int:
         write_golden(args.golden, heldout, evals["gptq"]["windows"], evals, meta)
         print(f"wrote {args.golden}", flush=True)
 
-    demo = samples(deq_model, sp, args.device)
+    demo = tl.samples(deq_model, sp, args.device)
     for s in demo:
         print(f"4-bit sample [{s['prompt']}] greedy: {s['greedy']!r}\n       sampled: {s['sampled_t0.8_p0.95']!r}")
     if args.log:

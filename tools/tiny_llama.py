@@ -177,3 +177,22 @@ def windowed_nll(model, tokens: np.ndarray, device: str, window: int = PPL_WINDO
             nll[w] = token_nll[r, score_begin - begin:end - begin].sum()
         i = j
     return windows, nll
+
+
+# Prompts whose continuations the training and quantization tools print as a readability check.
+SAMPLE_PROMPTS = ("The tutorial", "A list is", "In Python, a function", "The logging module")
+
+
+@torch.no_grad()
+def samples(model, sp, device: str) -> list[dict]:
+    """Greedy and seeded top-p continuations of a few prompts (with BOS, as HF encodes)."""
+    out = []
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        ids = torch.tensor([[BOS_ID] + sp.encode(prompt)], device=device)
+        greedy = model.generate(ids, max_new_tokens=48, do_sample=False, pad_token_id=EOS_ID)
+        torch.manual_seed(1000 + i)
+        sampled = model.generate(ids, max_new_tokens=48, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
+                                 pad_token_id=EOS_ID)
+        out.append({"prompt": prompt, "greedy": sp.decode(greedy[0, ids.shape[1]:].tolist()),
+                    "sampled_t0.8_p0.95": sp.decode(sampled[0, ids.shape[1]:].tolist())})
+    return out

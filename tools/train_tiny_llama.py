@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
 import tiny_llama as tl  # noqa: E402
 
-SAMPLE_PROMPTS = ("The tutorial", "A list is", "In Python, a function", "The logging module")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -147,19 +146,6 @@ def train_one(init_state: dict, config: dict, train: np.ndarray, valid: np.ndarr
     return model, log
 
 
-@torch.no_grad()
-def samples(model, sp, device: str) -> list[dict]:
-    """Greedy and seeded top-p continuations of a few prompts (with BOS, as HF encodes)."""
-    out = []
-    for i, prompt in enumerate(SAMPLE_PROMPTS):
-        ids = torch.tensor([[tl.BOS_ID] + sp.encode(prompt)], device=device)
-        greedy = model.generate(ids, max_new_tokens=48, do_sample=False, pad_token_id=tl.EOS_ID)
-        torch.manual_seed(1000 + i)
-        sampled = model.generate(ids, max_new_tokens=48, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
-                                 pad_token_id=tl.EOS_ID)
-        out.append({"prompt": prompt, "greedy": sp.decode(greedy[0, ids.shape[1]:].tolist()),
-                    "sampled_t0.8_p0.95": sp.decode(sampled[0, ids.shape[1]:].tolist())})
-    return out
 
 
 def main(argv: list[str]) -> int:
@@ -220,7 +206,7 @@ def main(argv: list[str]) -> int:
     print(f"chosen: {best_log['epochs']} epochs; fp16 weights: train loss {losses['train']:.4f} (first 512 rows), "
           f"validation {losses['validation']:.4f}, held-out {losses['heldout']:.4f} "
           f"(ppl {math.exp(losses['heldout']):.2f})", flush=True)
-    demo = samples(fp16_model, sp, args.device)
+    demo = tl.samples(fp16_model, sp, args.device)
     for s in demo:
         print(f"sample [{s['prompt']}] greedy: {s['greedy']!r}\n       sampled: {s['sampled_t0.8_p0.95']!r}")
 

@@ -17,6 +17,8 @@
 #include <system_error>
 #include <vector>
 
+#include "core/base/error.h"
+
 namespace q4tp::st_test {
 
 //! A fresh directory under ::testing::TempDir(), removed with everything in it on destruction.
@@ -107,6 +109,20 @@ inline std::vector<std::int32_t> random_ints(std::size_t count, std::uint32_t se
     std::vector<std::int32_t> out(count);
     for (std::int32_t& v : out) v = negative(rng) ? -dist(rng) : dist(rng);
     return out;
+}
+
+//! Runs `fn`, expects a q4tp::Error whose one-line message contains every keyword.
+template <typename Fn>
+void expect_error(Fn&& fn, const std::vector<std::string>& keywords) {
+    try {
+        fn();
+        ADD_FAILURE() << "expected q4tp::Error containing '" << keywords.front() << "'";
+    } catch (const Error& e) {
+        for (const auto& kw : keywords) {
+            EXPECT_NE(e.message().find(kw), std::string::npos) << "message: " << e.message() << "\nmissing: " << kw;
+        }
+        EXPECT_EQ(e.message().find('\n'), std::string::npos) << "message is not one line: " << e.message();
+    }
 }
 
 }  // namespace q4tp::st_test

@@ -18,6 +18,8 @@
 namespace q4tp::loaders {
 namespace {
 
+using st_test::expect_error;
+
 // ---- helpers ------------------------------------------------------------------------------------
 
 //! A layer in unpacked form: what the quantizer decided, before packing.
@@ -98,20 +100,6 @@ GptqLinear uniform_layer(std::int64_t k,
     layer.scales = HostBuffer<std::uint16_t>(static_cast<std::size_t>(g * n));
     std::fill(layer.scales.begin(), layer.scales.end(), scale);
     return layer;
-}
-
-//! Runs `fn`, expects a q4tp::Error whose message contains every keyword.
-template <typename Fn>
-void expect_error(Fn&& fn, const std::vector<std::string>& keywords) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected q4tp::Error containing '" << keywords.front() << "'";
-    } catch (const Error& e) {
-        for (const auto& kw : keywords) {
-            EXPECT_NE(e.message().find(kw), std::string::npos) << "message: " << e.message() << "\nmissing: " << kw;
-        }
-        EXPECT_EQ(e.message().find('\n'), std::string::npos) << "message is not one line: " << e.message();
-    }
 }
 
 GptqTensorMetas good_metas(std::int64_t k, std::int64_t n, std::int64_t g) {

@@ -23,6 +23,8 @@
 namespace q4tp::loaders {
 namespace {
 
+using st_test::expect_error;
+
 // ---- helpers ------------------------------------------------------------------------------------
 
 //! g_idx as GPTQ writes it with desc_act (R2.15): group j covers rows perm[j*gs .. (j+1)*gs).
@@ -176,19 +178,6 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
         if (std::abs(got[i] - want[i]) > 1e-9 + rtol * std::abs(want[i]) && reported++ < 5) {
             ADD_FAILURE() << "index " << i << ": sum of rank partials " << got[i] << " vs unsharded " << want[i];
         }
-    }
-}
-
-template <typename Fn>
-void expect_error(Fn&& fn, const std::vector<std::string>& keywords) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected q4tp::Error containing '" << keywords.front() << "'";
-    } catch (const Error& e) {
-        for (const auto& kw : keywords) {
-            EXPECT_NE(e.message().find(kw), std::string::npos) << "message: " << e.message() << "\nmissing: " << kw;
-        }
-        EXPECT_EQ(e.message().find('\n'), std::string::npos) << "message is not one line: " << e.message();
     }
 }
 
