@@ -621,7 +621,8 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(SampleRowsParams 
     std::int32_t token = best.index;
     if (!opt.greedy && unmasked > 0) {
         const Row row{logits, vocab, max_logit, opt.inv_temperature};
-        const std::uint64_t bits = random_bits(p.seed, step, static_cast<std::uint64_t>(row_index));
+        const std::uint64_t seed = p.seed_device ? *p.seed_device : p.seed;
+        const std::uint64_t bits = random_bits(seed, step, static_cast<std::uint64_t>(row_index));
         const bool top_k_active = opt.top_k > 0 && static_cast<unsigned long long>(opt.top_k) < unmasked;
         const KeyCut cut_k = top_k_active ? top_k_cut(row, opt.top_k, s) : KeyCut{0, 0};
         const unsigned long long candidates = top_k_active ? static_cast<unsigned long long>(opt.top_k) : unmasked;

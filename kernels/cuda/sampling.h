@@ -47,6 +47,9 @@ struct SampleRowsParams {
     //! Philox key. A host value, fixed for the life of a captured graph (one per request, the same on every
     //! tensor-parallel rank so that all ranks draw the same token).
     std::uint64_t seed = 0;
+    //! Optional DEVICE copy of the key, read at run time instead of `seed`: one captured graph then serves
+    //! requests with different seeds (core/model's decode step samples inside its graph).
+    const std::uint64_t* seed_device = nullptr;
     //! DEVICE counter: row r draws with Philox counter (step, r); the launch then adds 1, so every replay of a
     //! captured graph draws fresh numbers, and resetting it replays the same tokens.
     std::uint64_t* step = nullptr;
