@@ -42,14 +42,15 @@ void expect_device(const TensorView& t, DType dtype, const char* what) {
 // A GPTQ layer in the GEMV's prepared layout (kernels/cuda/gptq_prepare.h), resident on the device.
 class CudaLinear final : public LinearWeights {
 public:
-    CudaLinear(std::int64_t k, std::int64_t n, std::int64_t n_padded, std::int64_t group_size,
+    CudaLinear(std::int64_t k, std::int64_t k_rows, std::int64_t n, std::int64_t n_padded, std::int64_t group_size,
                std::int64_t num_groups)
-        : k_(k), n_(n), n_padded_(n_padded), group_size_(group_size), num_groups_(num_groups) {}
+        : k_(k), k_rows_(k_rows), n_(n), n_padded_(n_padded), group_size_(group_size), num_groups_(num_groups) {}
 
     std::int64_t k() const override { return k_; }
     std::int64_t n() const override { return n_; }
     std::size_t bytes() const override {
-        return qweight_.bytes() + scales_.bytes() + zeros_.bytes() + perm_.bytes() + bias_.bytes();
+        return qweight_.bytes() + scales_.bytes() + zeros_.bytes() + perm_.bytes() + block_groups_.bytes() +
+               bias_.bytes();
     }
 
     kc::GptqWeights view() const {
@@ -58,18 +59,21 @@ public:
         w.scales = reinterpret_cast<const __half*>(scales_.data());
         w.zeros = zeros_.data();
         w.perm = perm_.empty() ? nullptr : perm_.data();
+        w.block_groups = block_groups_.empty() ? nullptr : block_groups_.data();
         w.k = k_;
+        w.k_rows = k_rows_;
         w.n = n_;
         w.group_size = group_size_;
         return w;
     }
     const __half* bias() const { return bias_.empty() ? nullptr : reinterpret_cast<const __half*>(bias_.data()); }
 
-    std::int64_t k_, n_, n_padded_, group_size_, num_groups_;
+    std::int64_t k_, k_rows_, n_, n_padded_, group_size_, num_groups_;
     DeviceBuffer<std::uint32_t> qweight_;
     DeviceBuffer<std::uint16_t> scales_;
     DeviceBuffer<std::uint32_t> zeros_;
     DeviceBuffer<std::int32_t> perm_;
+    DeviceBuffer<std::int32_t> block_groups_;
     DeviceBuffer<std::uint16_t> bias_;
 };
 
@@ -166,22 +170,24 @@ std::unique_ptr<LinearWeights> CudaOps::make_linear(const loaders::GptqLinear& l
     source.k = layer.k;
     source.n = layer.n;
     source.group_size = layer.group_size;
+    source.num_groups = layer.num_groups;
     source.zero_format = layer.zero_format;
     source.qweight = layer.qweight.span();
     source.qzeros = layer.qzeros.span();
     source.scales = layer.scales.span();
     source.g_idx = layer.g_idx;
     const kc::GptqPrepared prepared = kc::gptq_prepare(source);
-    auto linear = std::make_unique<CudaLinear>(prepared.k, prepared.n, prepared.n_padded, prepared.group_size,
-                                               prepared.num_groups);
+    auto linear = std::make_unique<CudaLinear>(prepared.k, prepared.k_rows, prepared.n, prepared.n_padded,
+                                               prepared.group_size, prepared.num_groups);
     linear->qweight_ = upload_vector(prepared.qweight, stream_.get());
     linear->scales_ = upload_vector(prepared.scales, stream_.get());
     linear->zeros_ = upload_vector(prepared.zeros, stream_.get());
     linear->perm_ = upload_vector(prepared.perm, stream_.get());
+    linear->block_groups_ = upload_vector(prepared.block_groups, stream_.get());
     if (!layer.bias.empty()) {
         linear->bias_ = upload_vector(std::vector<std::uint16_t>(layer.bias.begin(), layer.bias.end()), stream_.get());
     }
-    reserve_scratch(prepared.k, prepared.n, prepared.n_padded);
+    reserve_scratch(prepared.k, prepared.k_rows, prepared.n, prepared.n_padded);
     return linear;
 }
 
@@ -189,11 +195,32 @@ std::unique_ptr<LinearWeights> CudaOps::make_synthetic_linear(const SyntheticLin
     Q4TP_CHECK(spec.k % kc::kGptqBlockK == 0 && spec.n % kc::kGptqTileN == 0,
                "synthetic layer " << spec.k << "x" << spec.n << " must have K % 32 == 0 and N % 32 == 0");
     const std::int64_t group_size = spec.group_size > 0 ? spec.group_size : spec.k;
-    const std::int64_t groups = (spec.k + group_size - 1) / group_size;
-    auto linear = std::make_unique<CudaLinear>(spec.k, spec.n, spec.n, group_size, groups);
+    const bool act_order_shard = spec.act_order && spec.full_k > spec.k;
+    const std::int64_t groups = ((act_order_shard ? spec.full_k : spec.k) + group_size - 1) / group_size;
+    // Row order: a random permutation (act-order) or, for a row shard of an act-order layer, the padded layout a
+    // real checkpoint's shard gets: this rank's rows of a whole layer whose groups are scattered over all of K.
+    kc::GptqRowLayout layout;
+    layout.k_rows = spec.k;
+    if (act_order_shard) {
+        std::vector<std::int32_t> order(static_cast<std::size_t>(spec.full_k));
+        std::iota(order.begin(), order.end(), 0);
+        std::shuffle(order.begin(), order.end(), std::mt19937_64(spec.layout_seed));
+        std::vector<std::int32_t> g_idx(static_cast<std::size_t>(spec.full_k));
+        for (std::size_t j = 0; j < order.size(); ++j) {
+            g_idx[static_cast<std::size_t>(order[j])] = static_cast<std::int32_t>(static_cast<std::int64_t>(j) / group_size);
+        }
+        layout = kc::gptq_row_layout(std::span<const std::int32_t>(g_idx).subspan(
+                                         static_cast<std::size_t>(spec.row_begin), static_cast<std::size_t>(spec.k)),
+                                     groups, group_size);
+    } else if (spec.act_order) {
+        layout.perm.resize(static_cast<std::size_t>(spec.k));
+        std::iota(layout.perm.begin(), layout.perm.end(), 0);
+        std::shuffle(layout.perm.begin(), layout.perm.end(), std::mt19937_64(spec.seed));
+    }
+    auto linear = std::make_unique<CudaLinear>(spec.k, layout.k_rows, spec.n, spec.n, group_size, groups);
     cudaStream_t s = stream_.get();
     // Uniform random words are uniform 4-bit codes in any layout, so the prepared layout is filled directly.
-    linear->qweight_ = DeviceBuffer<std::uint32_t>(static_cast<std::size_t>(spec.k * spec.n / 8));
+    linear->qweight_ = DeviceBuffer<std::uint32_t>(static_cast<std::size_t>(layout.k_rows * spec.n / 8));
     kc::fill_random_words(linear->qweight_.data(), static_cast<std::int64_t>(linear->qweight_.size()), spec.seed, s);
     linear->scales_ = DeviceBuffer<std::uint16_t>(static_cast<std::size_t>(groups * spec.n));
     kc::fill_random_half(reinterpret_cast<__half*>(linear->scales_.data()),
@@ -208,15 +235,10 @@ std::unique_ptr<LinearWeights> CudaOps::make_synthetic_linear(const SyntheticLin
         word = 0x77777777u + (bits & 0x11111111u);  // each nibble 7 or 8
     }
     linear->zeros_ = upload_vector(zeros, s);
-    if (spec.act_order) {
-        // An act-order layer reads its input through a permutation of the rows (after the load-time sort).
-        std::vector<std::int32_t> perm(static_cast<std::size_t>(spec.k));
-        std::iota(perm.begin(), perm.end(), 0);
-        std::shuffle(perm.begin(), perm.end(), std::mt19937_64(spec.seed));
-        linear->perm_ = upload_vector(perm, s);
-    }
+    linear->perm_ = upload_vector(layout.perm, s);
+    linear->block_groups_ = upload_vector(layout.block_groups, s);
     Q4TP_CUDA_CHECK(cudaStreamSynchronize(s));
-    reserve_scratch(spec.k, spec.n, spec.n);
+    reserve_scratch(spec.k, layout.k_rows, spec.n, spec.n);
     return linear;
 }
 
@@ -226,10 +248,11 @@ void CudaOps::fill_random(TensorView dst, std::uint64_t seed, float center, floa
     Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
 }
 
-void CudaOps::reserve_scratch(std::int64_t k, std::int64_t n, std::int64_t n_padded) {
+void CudaOps::reserve_scratch(std::int64_t k, std::int64_t k_rows, std::int64_t n, std::int64_t n_padded) {
     const auto halves = static_cast<std::size_t>(k * n_padded);
     if (dequant_scratch_.bytes() < halves * sizeof(__half)) dequant_scratch_ = DeviceBuffer<std::byte>(halves * sizeof(__half));
-    gemv_workspace_needed_ = std::max(gemv_workspace_needed_, kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, k, n));
+    gemv_workspace_needed_ =
+        std::max(gemv_workspace_needed_, kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, k_rows, n));
 }
 
 void CudaOps::plan_attention(const AttentionPlan& plan) {

@@ -58,7 +58,7 @@ private:
     void* allocate_bytes(std::size_t bytes);
     //! Grows (at load time only) the scratch that prefill dequantizes a layer into, and records the
     //! GEMV workspace the largest layer needs.
-    void reserve_scratch(std::int64_t k, std::int64_t n, std::int64_t n_padded);
+    void reserve_scratch(std::int64_t k, std::int64_t k_rows, std::int64_t n, std::int64_t n_padded);
     //! y = x . W, or y += x . W when accumulate (GEMV epilogue residual / cuBLAS beta = 1).
     void run_linear(const LinearWeights& weights, TensorView x, TensorView y, bool accumulate);
 

@@ -70,7 +70,12 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
             const bool column = loaders::is_column_parallel(role);
             const std::int64_t k = column ? p.k : p.range.size();
             const std::int64_t n = column ? p.range.size() : p.n;
-            worst = std::max(worst, gptq_bytes(k, n, groups_of(quant, p.k)));
+            // The CUDA layout pads each group of an act-order row shard to whole 32-row blocks
+            // (kernels/cuda/gptq_prepare.h): at most 31 filler rows per group. desc_act is only a hint (act-order
+            // is decided from g_idx), so this is the bound when the config says act-order.
+            const bool padded = quant.desc_act && !column && k < p.k && quant.group_size > 0;
+            const std::int64_t k_rows = padded ? k + 31 * std::min(groups_of(quant, p.k), k) : k;
+            worst = std::max(worst, gptq_bytes(k_rows, n, groups_of(quant, p.k)));
             largest_layer = std::max(largest_layer, k * n);
             if (role == loaders::LinearRole::QueryProj) local_q = std::max(local_q, n);
             if (role == loaders::LinearRole::KeyProj) local_kv = std::max(local_kv, n);

@@ -94,6 +94,11 @@ std::unique_ptr<LinearWeights> SyntheticWeights::linear(const std::string& name,
     spec.group_size = quant_.group_size;
     spec.act_order = act_order_ && quant_.group_size > 0;
     spec.seed = seed_for(name) + static_cast<std::uint64_t>(plan.range.begin);
+    if (!column && k < plan.k) {
+        spec.full_k = plan.k;
+        spec.row_begin = plan.range.begin;
+        spec.layout_seed = seed_for(name);
+    }
     // Symmetric codes q - 8 in [-8, 7] have RMS ~4.6; scales of 1 / (4.6 sqrt(k)) keep y = x W at unit RMS.
     spec.scale = static_cast<float>(1.0 / (4.6 * std::sqrt(static_cast<double>(plan.k))));
     return ops.make_synthetic_linear(spec);

@@ -22,7 +22,9 @@
 //    counter) sums them in slice order, adds the residual in fp32 and writes fp16. Deterministic and graph-safe.
 //
 // Variants: one kernel template per m (1..8), chosen by the single switch in gptq_gemv. Group sizes are runtime
-// (any multiple of 32, or K), act-order is the perm pointer (nullptr = rows already in order).
+// (any multiple of 32, or K), act-order is the perm pointer (nullptr = rows already in order). Padded layouts (row
+// shards of act-order layers, gptq_prepare.h step 5) add a per-block group table: the fetch then reads block b + 1's
+// entry while issuing block b's loads, so the scale load never waits on the table; filler rows (perm -1) stage x = 0.
 #include <algorithm>
 #include <cstdint>
 
@@ -87,7 +89,8 @@ struct GemvArgs {
     const uint4* qweight;
     const uint2* scales;         // 4 fp16 scales per lane-group, [G][N_pad / 4]
     const std::uint32_t* zeros;  // [G][N_pad / 8]
-    const std::int32_t* perm;    // nullptr = identity
+    const std::int32_t* perm;    // nullptr = identity; -1 = filler row
+    const std::int32_t* block_groups;  // nullptr = block b in group b / group_blocks
     const __half* x;
     __half* y;
     const __half* residual;
@@ -111,6 +114,7 @@ struct DequantArgs {
     const uint2* scales;
     const std::uint32_t* zeros;
     const std::int32_t* perm;
+    const std::int32_t* block_groups;
     __half* w;
     long long ldw;
     int n;
@@ -161,32 +165,50 @@ __global__ void Q4TP_GPTQ_GEMV_BOUNDS gptq_gemv_kernel(const GemvArgs a) {
     const int blk0 = split * a.blocks_per_split;
     const int nblk = min(a.k_blocks - blk0, a.blocks_per_split);
 
-    // Weight, scale and zero loads for the next block to fetch; sptr/zptr/fetch_in_group follow that block.
-    // Every load is predicated (no branch), so all 8 slots stay in flight (see load_streaming_if).
+    // Weight, scale and zero loads, one slot per block in flight. `ends` bit u: the block in slot u is the last of its
+    // group (the group sum is folded into acc after it). Uniform layouts track the fetched block's group by counting;
+    // padded ones read the table, one entry ahead. Every load is predicated (no branch), so all slots stay in flight
+    // (see load_streaming_if).
     const uint4* wptr = a.qweight + (static_cast<long long>(tile) * a.k_blocks + blk0) * 32 + lane;
     const int s_stride = a.n_padded / 4;  // one group of scales, in uint2
     const int z_stride = a.n_padded / 8;  // one group of zero words
-    const int first_group = blk0 / a.group_blocks;
-    int fetch_in_group = blk0 - first_group * a.group_blocks;
-    const uint2* sptr = a.scales + static_cast<long long>(first_group) * s_stride + tile * 8 + g;
-    const std::uint32_t* zptr = a.zeros + static_cast<long long>(first_group) * z_stride + tile * 4 + g / 2;
+    const uint2* sbase = a.scales + tile * 8 + g;
+    const std::uint32_t* zbase = a.zeros + tile * 4 + g / 2;
+    const bool table = a.block_groups != nullptr;
+    int fetch_group = table ? 0 : blk0 / a.group_blocks;
+    int fetch_in_group = table ? 0 : blk0 - fetch_group * a.group_blocks;
+    std::int32_t next_entry = table && nblk > 0 ? __ldg(a.block_groups + blk0) : 0;
+    unsigned int ends = 0u;
     uint4 wq[kBlocksInFlight];
     uint2 sc[kBlocksInFlight];
     std::uint32_t zw[kBlocksInFlight];  // raw word: lane group g's 4 zero points are its half 16 (g & 1)
+    // Issues the loads of slice block `b` into slot u (u == b % kBlocksInFlight).
+    const auto fetch = [&](int u, int b) {
+        const bool pred = has_tile && b < nblk;
+        int group = fetch_group;
+        bool last = false;
+        if (table) {
+            group = next_entry & ~kGptqLastBlockOfGroup;
+            last = next_entry < 0;
+            if (b + 1 < nblk) next_entry = __ldg(a.block_groups + blk0 + b + 1);
+        } else {
+            last = ++fetch_in_group == a.group_blocks;
+            if (last) {
+                fetch_in_group = 0;
+                ++fetch_group;
+            }
+        }
+        load_streaming_if(wq[u], wptr + b * 32, pred);
+        load_if(sc[u], sbase + static_cast<long long>(group) * s_stride, pred);
+        load_if(zw[u], zbase + static_cast<long long>(group) * z_stride, pred);
+        ends = last ? (ends | (1u << u)) : (ends & ~(1u << u));
+    };
 #pragma unroll
     for (int u = 0; u < kBlocksInFlight; ++u) {
         wq[u] = make_uint4(0u, 0u, 0u, 0u);
         sc[u] = make_uint2(0u, 0u);
         zw[u] = 0u;
-        const bool pred = has_tile && u < nblk;
-        load_streaming_if(wq[u], wptr + u * 32, pred);
-        load_if(sc[u], sptr, pred);
-        load_if(zw[u], zptr, pred);
-        if (++fetch_in_group == a.group_blocks) {
-            fetch_in_group = 0;
-            sptr += s_stride;
-            zptr += z_stride;
-        }
+        fetch(u, u);
     }
 
     // Gather this slice of x (through perm) while the weight loads are in flight. Warp w stages whole 32-row blocks
@@ -202,7 +224,7 @@ __global__ void Q4TP_GPTQ_GEMV_BOUNDS gptq_gemv_kernel(const GemvArgs a) {
         float sums[8] = {};
 #pragma unroll
         for (int m = 0; m < M; ++m) {
-            const __half v = __ldg(a.x + m * a.ldx + ko);
+            const __half v = ko >= 0 ? __ldg(a.x + m * a.ldx + ko) : __float2half_rn(0.0f);
             st[m * row_halves + pos] = v;
             sums[m] = __half2float(v);
         }
@@ -225,7 +247,6 @@ __global__ void Q4TP_GPTQ_GEMV_BOUNDS gptq_gemv_kernel(const GemvArgs a) {
     float xs0 = 0.0f;
     float xs1 = 0.0f;
     if (has_tile) {
-        int use_in_group = blk0 % a.group_blocks;
         for (int done = 0; done < nblk; done += kBlocksInFlight) {
 #pragma unroll
             for (int u = 0; u < kBlocksInFlight; ++u) {
@@ -247,8 +268,7 @@ __global__ void Q4TP_GPTQ_GEMV_BOUNDS gptq_gemv_kernel(const GemvArgs a) {
                         mma_m16n8k16(tmp[p], a1, xb.z, xb.w);
                     }
                     // Group complete (or slice end): y += s 2^24 tmp - s z sum x, then start the next group.
-                    if (++use_in_group == a.group_blocks || b + 1 == nblk) {
-                        use_in_group = use_in_group == a.group_blocks ? 0 : use_in_group;
+                    if (((ends >> u) & 1u) != 0u || b + 1 == nblk) {
                         const std::uint32_t z = zw[u] >> (16 * (g & 1));
 #pragma unroll
                         for (int p = 0; p < 2; ++p) {
@@ -271,15 +291,7 @@ __global__ void Q4TP_GPTQ_GEMV_BOUNDS gptq_gemv_kernel(const GemvArgs a) {
                     }
                 }
                 // Refill this slot with block b + 8 so that 8 loads stay in flight while the others are consumed.
-                const bool pred = b + kBlocksInFlight < nblk;
-                load_streaming_if(wq[u], wptr + (b + kBlocksInFlight) * 32, pred);
-                load_if(sc[u], sptr, pred);
-                load_if(zw[u], zptr, pred);
-                if (++fetch_in_group == a.group_blocks) {
-                    fetch_in_group = 0;
-                    sptr += s_stride;
-                    zptr += z_stride;
-                }
+                fetch(u, b + kBlocksInFlight);
             }
         }
     }
@@ -358,7 +370,8 @@ __global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArg
     const int tile = static_cast<int>(blockIdx.y) * kWarps + warp;
     if (tile < a.tiles32) {
         const uint4 q = load_streaming(a.qweight + (static_cast<long long>(tile) * a.k_blocks + b) * 32 + lane);
-        const int group = b / a.group_blocks;
+        const int group =
+            a.block_groups != nullptr ? (__ldg(a.block_groups + b) & ~kGptqLastBlockOfGroup) : b / a.group_blocks;
         const uint2 s = __ldg(a.scales + static_cast<long long>(group) * (a.n_padded / 4) + tile * 8 + g);
         const std::uint32_t z =
             __ldg(a.zeros + static_cast<long long>(group) * (a.n_padded / 8) + tile * 4 + g / 2) >> (16 * (g & 1));
@@ -386,13 +399,17 @@ __global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArg
         if (n < a.n) {
             const int ks = b * kBlockK + row;
             const long long ko = a.perm != nullptr ? __ldg(a.perm + ks) : ks;
-            a.w[ko * a.ldw + n] = tile_rows[row][c];
+            if (ko >= 0) a.w[ko * a.ldw + n] = tile_rows[row][c];  // filler rows have no place in W
         }
     }
 }
 
 // ------------------------------------------------------------------------------------------------
 // Launch configuration
+
+std::int64_t prepared_rows(const GptqWeights& w) {
+    return w.k_rows == 0 ? w.k : w.k_rows;
+}
 
 bool is_aligned(const void* p, std::size_t to) {
     return reinterpret_cast<std::uintptr_t>(p) % to == 0;
@@ -420,6 +437,13 @@ void check_weights(const GptqWeights& w, const char* what) {
                what << ": zeros " << static_cast<const void*>(w.zeros) << " must be non-null and 4-byte aligned");
     Q4TP_CHECK(w.perm == nullptr || is_aligned(w.perm, 4),
                what << ": perm " << static_cast<const void*>(w.perm) << " must be 4-byte aligned");
+    const std::int64_t k_rows = prepared_rows(w);
+    Q4TP_CHECK(k_rows >= w.k && k_rows % kBlockK == 0 && k_rows <= (std::int64_t{1} << 30),
+               what << ": K_rows = " << w.k_rows << " for K = " << w.k << ", expected a multiple of " << kBlockK
+                    << " >= K");
+    Q4TP_CHECK((w.block_groups == nullptr) == (k_rows == w.k) && (w.block_groups == nullptr || w.perm != nullptr),
+               what << ": a padded layout (K_rows " << k_rows << " > K " << w.k
+                    << ") needs both block_groups and perm, an unpadded one no block_groups");
 }
 
 template <int M>
@@ -486,7 +510,8 @@ void gptq_gemv_workspace_init(void* workspace, std::size_t bytes, cudaStream_t s
 void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
     const GptqWeights& w = p.weights;
     check_weights(w, "gptq_gemv");
-    const GptqGemvPlan plan = gptq_gemv_plan(p.m, w.k, w.n);
+    const std::int64_t k_rows = prepared_rows(w);
+    const GptqGemvPlan plan = gptq_gemv_plan(p.m, k_rows, w.n);
     const std::int64_t ldx = p.ldx == 0 ? w.k : p.ldx;
     const std::int64_t ldy = p.ldy == 0 ? w.n : p.ldy;
     const std::int64_t ldr = p.ldr == 0 ? w.n : p.ldr;
@@ -508,7 +533,7 @@ void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
     Q4TP_CHECK(p.workspace != nullptr && is_aligned(p.workspace, 16) && p.workspace_bytes >= need,
                "gptq_gemv: workspace " << p.workspace << " of " << p.workspace_bytes
                                        << " bytes, expected 16-byte aligned "
-                                       << "and >= " << need << " (gptq_gemv_workspace_bytes(" << p.m << ", " << w.k
+                                       << "and >= " << need << " (gptq_gemv_workspace_bytes(" << p.m << ", " << k_rows
                                        << ", " << w.n << "))");
 
     GemvArgs args{};
@@ -516,6 +541,7 @@ void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
     args.scales = reinterpret_cast<const uint2*>(w.scales);
     args.zeros = w.zeros;
     args.perm = w.perm;
+    args.block_groups = w.block_groups;
     args.x = p.x;
     args.y = p.y;
     args.residual = p.residual;
@@ -526,7 +552,7 @@ void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
     args.ldr = ldr;
     args.n = static_cast<int>(w.n);
     args.n_padded = static_cast<int>(round_up(w.n, kTileN));
-    args.k_blocks = static_cast<int>(w.k / kBlockK);
+    args.k_blocks = static_cast<int>(k_rows / kBlockK);
     args.tiles32 = args.n_padded / kTileN;
     args.group_blocks = static_cast<int>(std::min<std::int64_t>(w.group_size, w.k) / kBlockK);
     args.blocks_per_split = plan.blocks_per_split;
@@ -574,11 +600,12 @@ void gptq_dequantize(const GptqDequantParams& p, cudaStream_t stream) {
     args.scales = reinterpret_cast<const uint2*>(w.scales);
     args.zeros = w.zeros;
     args.perm = w.perm;
+    args.block_groups = w.block_groups;
     args.w = p.w;
     args.ldw = p.ldw;
     args.n = static_cast<int>(w.n);
     args.n_padded = static_cast<int>(round_up(w.n, kTileN));
-    args.k_blocks = static_cast<int>(w.k / kBlockK);
+    args.k_blocks = static_cast<int>(prepared_rows(w) / kBlockK);
     args.tiles32 = args.n_padded / kTileN;
     args.group_blocks = static_cast<int>(std::min<std::int64_t>(w.group_size, w.k) / kBlockK);
     const std::int64_t n_tiles = ceil_div(args.n_padded, kCtaN);

@@ -22,6 +22,9 @@ inline constexpr std::int64_t kGptqTileN = 32;
 //! Input rows per k-block of the prepared layout: one 16-byte load per lane covers 32 rows x 32 columns.
 inline constexpr std::int64_t kGptqBlockK = 32;
 
+//! Bit 31 of a GptqWeights::block_groups entry: the block is the last of its group (the rest is the group).
+inline constexpr std::int32_t kGptqLastBlockOfGroup = -2147483647 - 1;
+
 //! Largest number of activation rows one gptq_gemv handles (decode batch); larger m belongs to the GEMM path.
 inline constexpr int kGptqGemvMaxM = 8;
 
@@ -30,8 +33,12 @@ struct GptqWeights {
     const std::uint32_t* qweight = nullptr;  //!< [N_pad/32][K/32][32][4] words, 16-byte aligned
     const __half* scales = nullptr;          //!< [G][N_pad], tile-permuted, 8-byte aligned
     const std::uint32_t* zeros = nullptr;    //!< [G][N_pad/8] effective zero points, tile-permuted
-    const std::int32_t* perm = nullptr;      //!< [K] sorted row -> original row; nullptr when rows are in order
-    std::int64_t k = 0;                      //!< K, multiple of 32
+    const std::int32_t* perm = nullptr;      //!< [K_rows] sorted row -> original row (-1: filler row, x read as 0);
+                                             //!< nullptr when rows are in order
+    //! [K_rows/32] GptqPrepared::block_groups; nullptr when block b belongs to group b * 32 / group_size
+    const std::int32_t* block_groups = nullptr;
+    std::int64_t k = 0;                      //!< K, input features (length of x), multiple of 32
+    std::int64_t k_rows = 0;                 //!< prepared rows (GptqPrepared::k_rows); 0 means K
     std::int64_t n = 0;                      //!< N, multiple of 8 (N_pad = roundup(N, 32))
     std::int64_t group_size = 0;             //!< effective group size (K for -1), multiple of 32
 };
@@ -61,11 +68,12 @@ struct GptqGemvPlan {
     int smem_bytes = 0;        //!< dynamic shared memory per CTA (the staged activations)
 };
 
+//! k is the prepared row count (GptqWeights::k_rows, or K).
 GptqGemvPlan gptq_gemv_plan(int m, std::int64_t k, std::int64_t n);
 
 //! Workspace bytes that serve every layer and every m (16 MB of fp32 partials plus the tile counters).
 std::size_t gptq_gemv_workspace_bytes();
-//! Workspace bytes that serve every m' <= max_m for this (K, N) alone (smaller); never 0.
+//! Workspace bytes that serve every m' <= max_m for this (K_rows, N) alone (smaller); never 0.
 std::size_t gptq_gemv_workspace_bytes(int max_m, std::int64_t k, std::int64_t n);
 
 //! Clears a workspace once after allocation (stream-ordered memset). The kernels leave it clear again.

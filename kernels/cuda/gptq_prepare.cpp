@@ -58,6 +58,44 @@ std::vector<std::int32_t> gptq_sort_rows(std::span<const std::int32_t> g_idx, st
     return perm;
 }
 
+GptqRowLayout gptq_row_layout(std::span<const std::int32_t> g_idx, std::int64_t num_groups, std::int64_t group_size) {
+    Q4TP_CHECK(group_size > 0 && group_size % kGptqBlockK == 0,
+               "gptq_row_layout: group_size " << group_size << ", expected a positive multiple of " << kGptqBlockK);
+    const auto k = static_cast<std::int64_t>(g_idx.size());
+    std::vector<std::int32_t> sorted = gptq_sort_rows(g_idx, num_groups);
+    std::vector<std::int64_t> count(static_cast<std::size_t>(num_groups), 0);
+    for (const std::int32_t g : g_idx) ++count[static_cast<std::size_t>(g)];
+    bool exact = k % kGptqBlockK == 0;
+    bool in_order = true;
+    for (std::int64_t g = 0; g < num_groups; ++g) {
+        exact = exact && count[static_cast<std::size_t>(g)] == std::clamp<std::int64_t>(k - g * group_size, 0, group_size);
+    }
+    for (std::int64_t j = 0; j < k; ++j) in_order = in_order && sorted[static_cast<std::size_t>(j)] == j;
+
+    GptqRowLayout layout;
+    if (exact) {
+        layout.k_rows = k;
+        if (!in_order) layout.perm = std::move(sorted);
+        return layout;
+    }
+    // Each group present takes whole k-blocks: its rows in order, then filler rows up to the next multiple of 32.
+    std::size_t next = 0;  // position in `sorted`
+    for (std::int64_t g = 0; g < num_groups; ++g) {
+        const std::int64_t rows = count[static_cast<std::size_t>(g)];
+        if (rows == 0) continue;
+        const std::int64_t blocks = (rows + kGptqBlockK - 1) / kGptqBlockK;
+        for (std::int64_t r = 0; r < blocks * kGptqBlockK; ++r) {
+            layout.perm.push_back(r < rows ? sorted[next++] : -1);
+        }
+        for (std::int64_t b = 0; b < blocks; ++b) {
+            const auto entry = static_cast<std::int32_t>(g);
+            layout.block_groups.push_back(b + 1 == blocks ? (entry | kGptqLastBlockOfGroup) : entry);
+        }
+    }
+    layout.k_rows = static_cast<std::int64_t>(layout.perm.size());
+    return layout;
+}
+
 GptqPrepared gptq_prepare(const GptqSource& s) {
     const std::string name = layer_name(s);
     const std::int64_t k = s.k;
@@ -74,7 +112,8 @@ GptqPrepared gptq_prepare(const GptqSource& s) {
     p.n = n;
     p.n_padded = (n + kGptqTileN - 1) / kGptqTileN * kGptqTileN;
     p.group_size = s.group_size == -1 ? k : s.group_size;
-    p.num_groups = (k + p.group_size - 1) / p.group_size;
+    p.num_groups = s.num_groups > 0 ? s.num_groups : (k + p.group_size - 1) / p.group_size;
+    p.k_rows = k;
     const std::int64_t gs = p.group_size;
     const std::int64_t groups = p.num_groups;
     const std::int64_t n_pad = p.n_padded;
@@ -87,26 +126,19 @@ GptqPrepared gptq_prepare(const GptqSource& s) {
     expect_size(s.qzeros.size(), groups * (n / 8), "qzeros", "[G][N/8]");
     expect_size(s.scales.size(), groups * n, "scales", "[G][N]");
 
-    // g_idx: range, then the population of every group. The kernel finds the group of sorted row j as j / gs,
-    // which holds only when group g owns exactly min(gs, K - g gs) rows (true of every GPTQ checkpoint, R2.15).
-    bool sequential = true;
+    // g_idx: range; groups exactly populated (every whole GPTQ layer, R2.15) keep the unpadded layout in which
+    // sorted row j belongs to group j / gs; anything else (act-order row shards) gets padded groups (step 5).
     if (!s.g_idx.empty()) {
         expect_size(s.g_idx.size(), k, "g_idx", "[K]");
-        std::vector<std::int64_t> count(static_cast<std::size_t>(groups), 0);
         for (std::int64_t row = 0; row < k; ++row) {
             const std::int32_t g = s.g_idx[static_cast<std::size_t>(row)];
             Q4TP_CHECK(g >= 0 && g < groups,
                        name << ".g_idx[" << row << "] = " << g << ", expected 0 <= g < G = " << groups);
-            ++count[static_cast<std::size_t>(g)];
-            sequential = sequential && g == row / gs;
         }
-        for (std::int64_t g = 0; g < groups; ++g) {
-            const std::int64_t want = std::min(gs, k - g * gs);
-            Q4TP_CHECK(count[static_cast<std::size_t>(g)] == want,
-                       name << ".g_idx: group " << g << " holds " << count[static_cast<std::size_t>(g)]
-                            << " rows, expected " << want << " (group_size " << gs << ", K " << k << ")");
-        }
-        if (!sequential) p.perm = gptq_sort_rows(s.g_idx, groups);
+        GptqRowLayout layout = gptq_row_layout(s.g_idx, groups, gs);
+        p.k_rows = layout.k_rows;
+        p.perm = std::move(layout.perm);
+        p.block_groups = std::move(layout.block_groups);
     }
 
     // Zero points and scales, normalized and tile-permuted. Padding columns keep scale 0 and z 0 (W = 0).
@@ -128,8 +160,8 @@ GptqPrepared gptq_prepare(const GptqSource& s) {
     }
 
     // Codes: for each 32-row k-block, gather the sorted rows' codes once (sequential reads of the source rows),
-    // then emit every lane's 4 words.
-    const std::int64_t k_blocks = k / kGptqBlockK;
+    // then emit every lane's 4 words. Filler rows keep code 0: x is 0 there.
+    const std::int64_t k_blocks = p.k_rows / kGptqBlockK;
     const std::int64_t tiles = n_pad / kGptqTileN;
     p.qweight.assign(static_cast<std::size_t>(tiles * k_blocks * kLanes * kWordsPerLane), 0);
     std::vector<std::uint8_t> codes(static_cast<std::size_t>(kGptqBlockK * n_pad), 0);
@@ -137,9 +169,13 @@ GptqPrepared gptq_prepare(const GptqSource& s) {
         for (std::int64_t i = 0; i < kGptqBlockK; ++i) {
             const std::int64_t sorted = b * kGptqBlockK + i;
             const std::int64_t orig = p.perm.empty() ? sorted : p.perm[static_cast<std::size_t>(sorted)];
+            std::uint8_t* dst = codes.data() + i * n_pad;
+            if (orig < 0) {
+                std::fill(dst, dst + n, std::uint8_t{0});
+                continue;
+            }
             const std::uint32_t* src = s.qweight.data() + (orig / 8) * n;
             const int shift = static_cast<int>(4 * (orig % 8));
-            std::uint8_t* dst = codes.data() + i * n_pad;
             for (std::int64_t col = 0; col < n; ++col) dst[col] = static_cast<std::uint8_t>((src[col] >> shift) & 15u);
         }
         for (std::int64_t tile = 0; tile < tiles; ++tile) {
@@ -164,23 +200,32 @@ std::vector<float> gptq_prepared_dequantize(const GptqPrepared& p) {
     Q4TP_CHECK(p.k > 0 && p.k % kGptqBlockK == 0 && p.n > 0 && p.n_padded % kGptqTileN == 0 && p.group_size > 0,
                "gptq_prepared_dequantize: inconsistent prepared layer K "
                    << p.k << " N " << p.n << " N_pad " << p.n_padded << " group_size " << p.group_size);
-    const std::int64_t k_blocks = p.k / kGptqBlockK;
+    Q4TP_CHECK(p.k_rows >= p.k && p.k_rows % kGptqBlockK == 0,
+               "gptq_prepared_dequantize: K_rows " << p.k_rows << " for K " << p.k);
+    const std::int64_t k_blocks = p.k_rows / kGptqBlockK;
+    Q4TP_CHECK(p.block_groups.empty() || p.block_groups.size() == static_cast<std::size_t>(k_blocks),
+               "gptq_prepared_dequantize: block_groups holds " << p.block_groups.size() << " entries, expected "
+                                                                << k_blocks);
     Q4TP_CHECK(
         p.qweight.size() == static_cast<std::size_t>(p.n_padded / kGptqTileN * k_blocks * kLanes * kWordsPerLane),
         "gptq_prepared_dequantize: qweight holds " << p.qweight.size() << " words, expected "
                                                    << p.n_padded / kGptqTileN * k_blocks * kLanes * kWordsPerLane);
-    Q4TP_CHECK(p.perm.empty() || p.perm.size() == static_cast<std::size_t>(p.k),
-               "gptq_prepared_dequantize: perm holds " << p.perm.size() << " entries, expected 0 or K = " << p.k);
+    Q4TP_CHECK(p.perm.empty() || p.perm.size() == static_cast<std::size_t>(p.k_rows),
+               "gptq_prepared_dequantize: perm holds " << p.perm.size() << " entries, expected 0 or K_rows = "
+                                                       << p.k_rows);
     std::vector<float> w(static_cast<std::size_t>(p.k * p.n));
-    for (std::int64_t row = 0; row < p.k; ++row) {  // sorted row
+    for (std::int64_t row = 0; row < p.k_rows; ++row) {  // sorted row
         const std::int64_t b = row / kGptqBlockK;
         const int in_block = static_cast<int>(row % kGptqBlockK);
         // Invert word_row: in_block = 16 s + 2t + 8 ((i % 4) / 2) + i / 4.
         const int step = in_block / 16;
         const int t = (in_block % 8) / 2;
         const int nib_k = 2 * ((in_block % 16) / 8) + 4 * (in_block % 2);  // the nibble bits that select k
-        const std::int64_t g = row / p.group_size;
+        const std::int64_t g = p.block_groups.empty()
+                                   ? row / p.group_size
+                                   : (p.block_groups[static_cast<std::size_t>(b)] & ~kGptqLastBlockOfGroup);
         const std::int64_t orig = p.perm.empty() ? row : p.perm[static_cast<std::size_t>(row)];
+        if (orig < 0) continue;  // filler row
         for (std::int64_t col = 0; col < p.n; ++col) {
             const std::int64_t tile = col / kGptqTileN;
             const int c = static_cast<int>(col % kGptqTileN);

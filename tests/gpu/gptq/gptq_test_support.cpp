@@ -68,6 +68,17 @@ GptqLayer make_random_layer(const LayerSpec& spec, std::mt19937_64& rng) {
     return layer;
 }
 
+GptqLayer row_shard(const GptqLayer& layer, std::int64_t begin, std::int64_t end) {
+    Q4TP_CHECK(begin >= 0 && begin < end && end <= layer.spec.k && begin % 32 == 0 && end % 32 == 0,
+               "row_shard: rows [" << begin << ", " << end << ") of K = " << layer.spec.k);
+    GptqLayer shard = layer;
+    shard.spec.k = end - begin;
+    const std::int64_t n = layer.spec.n;
+    shard.qweight.assign(layer.qweight.begin() + (begin / 8) * n, layer.qweight.begin() + (end / 8) * n);
+    shard.g_idx.assign(layer.g_idx.begin() + begin, layer.g_idx.begin() + end);
+    return shard;
+}
+
 std::vector<float> reference_dequantize_row(const GptqLayer& layer, std::int64_t k, bool round_to_fp16) {
     const std::int64_t n = layer.spec.n;
     const std::int64_t g = layer.g_idx[static_cast<std::size_t>(k)];
@@ -112,6 +123,7 @@ PreparedHost prepare(const GptqLayer& layer) {
     source.k = layer.spec.k;
     source.n = layer.spec.n;
     source.group_size = layer.spec.group_size;
+    source.num_groups = layer.num_groups;
     source.zero_format = layer.spec.format;
     source.qweight = layer.qweight;
     source.qzeros = layer.qzeros;
@@ -120,6 +132,7 @@ PreparedHost prepare(const GptqLayer& layer) {
     kernels::cuda::GptqPrepared p = kernels::cuda::gptq_prepare(source);
     PreparedHost h;
     h.k = p.k;
+    h.k_rows = p.k_rows;
     h.n = p.n;
     h.n_padded = p.n_padded;
     h.group_size = p.group_size;
@@ -127,6 +140,7 @@ PreparedHost prepare(const GptqLayer& layer) {
     h.scales = std::move(p.scales);
     h.zeros = std::move(p.zeros);
     h.perm = std::move(p.perm);
+    h.block_groups = std::move(p.block_groups);
     return h;
 }
 
@@ -145,7 +159,9 @@ kernels::cuda::GptqWeights DeviceLayer::view() const {
     w.scales = reinterpret_cast<const __half*>(scales.data());
     w.zeros = zeros.data();
     w.perm = perm.empty() ? nullptr : perm.data();
+    w.block_groups = block_groups.empty() ? nullptr : block_groups.data();
     w.k = k;
+    w.k_rows = k_rows;
     w.n = n;
     w.group_size = group_size;
     return w;
@@ -154,12 +170,14 @@ kernels::cuda::GptqWeights DeviceLayer::view() const {
 DeviceLayer upload(const PreparedHost& p) {
     DeviceLayer d;
     d.k = p.k;
+    d.k_rows = p.k_rows;
     d.n = p.n;
     d.group_size = p.group_size;
     d.qweight = upload_vector(p.qweight);
     d.scales = upload_vector(p.scales);
     d.zeros = upload_vector(p.zeros);
     d.perm = upload_vector(p.perm);
+    d.block_groups = upload_vector(p.block_groups);
     return d;
 }
 

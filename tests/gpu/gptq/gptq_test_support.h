@@ -41,6 +41,11 @@ struct GptqLayer {
 //! Uniform random codes (any 32-bit word is 8 valid codes), scales in [0.001, 0.03), zeros per spec.
 GptqLayer make_random_layer(const LayerSpec& spec, std::mt19937_64& rng);
 
+//! Rows [begin, end) of a layer as a tensor-parallel rank loads them (loaders/shard.h): K = end - begin, codes of
+//! those rows, g_idx values of the whole layer, ALL groups' scales and zeros (num_groups stays the whole G). An
+//! act-order layer's shard then holds scattered parts of most groups. begin and end: multiples of 32.
+GptqLayer row_shard(const GptqLayer& layer, std::int64_t begin, std::int64_t end);
+
 //! The reference: W[k][n] = scale[g][n] * (q[k][n] - z[g][n]), g = g_idx[k], read from the packed tensors, rounded
 //! to fp16 as R2.11 says (round_to_fp16, what the dequantizer must reproduce bit for bit) or left as the exact fp32
 //! product (what the GEMV multiplies with: an fp16 scale times a 5-bit integer is exact in fp32).
@@ -54,6 +59,7 @@ float reference_weight(const GptqLayer& layer, std::int64_t k, std::int64_t n);
 //! Prepared buffers (gptq_prepare's output, copied out so this header stays C++17).
 struct PreparedHost {
     std::int64_t k = 0;
+    std::int64_t k_rows = 0;
     std::int64_t n = 0;
     std::int64_t n_padded = 0;
     std::int64_t group_size = 0;
@@ -61,18 +67,21 @@ struct PreparedHost {
     std::vector<std::uint16_t> scales;
     std::vector<std::uint32_t> zeros;
     std::vector<std::int32_t> perm;
+    std::vector<std::int32_t> block_groups;
 };
 PreparedHost prepare(const GptqLayer& layer);
 
 //! A prepared layer on the device.
 struct DeviceLayer {
     std::int64_t k = 0;
+    std::int64_t k_rows = 0;
     std::int64_t n = 0;
     std::int64_t group_size = 0;
     DeviceBuffer<std::uint32_t> qweight;
     DeviceBuffer<std::uint16_t> scales;
     DeviceBuffer<std::uint32_t> zeros;
     DeviceBuffer<std::int32_t> perm;
+    DeviceBuffer<std::int32_t> block_groups;
 
     kernels::cuda::GptqWeights view() const;
 };

@@ -213,7 +213,7 @@ DeviceBuffer<std::byte> make_workspace(std::size_t bytes) {
 //! Sweeps m over one layer with a mix of options (strided x, padded y, residual, in place).
 void sweep_m(const TestLayer& t, std::mt19937_64& rng) {
     DeviceBuffer<std::byte> ws =
-        make_workspace(kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, t.layer.spec.k, t.layer.spec.n));
+        make_workspace(kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, t.device.k_rows, t.layer.spec.n));
     for (const int m : kMs) {
         RunOptions opt;
         opt.x_pad = m == 2 ? 8 : 0;
@@ -221,7 +221,7 @@ void sweep_m(const TestLayer& t, std::mt19937_64& rng) {
         opt.residual = m == 3 || m == 7;
         opt.in_place = m == 7;
         SCOPED_TRACE("m=" + std::to_string(m) +
-                     " splits=" + std::to_string(kc::gptq_gemv_plan(m, t.layer.spec.k, t.layer.spec.n).splits));
+                     " splits=" + std::to_string(kc::gptq_gemv_plan(m, t.device.k_rows, t.layer.spec.n).splits));
         const RunResult r = run_gemv(t, m, opt, rng, ws, nullptr);
         ASSERT_TRUE(check_output(r.y, m, t.layer.spec.n, r.ldy, r.ref, r.abs, kAccRelReference));
     }
@@ -270,6 +270,39 @@ TEST_F(GptqGemvTest, MatchesReference_LlamaShapes) {
     for (const LayerSpec& spec : specs) {
         SCOPED_TRACE(spec.str());
         const TestLayer t = make_test_layer(spec, rng);
+        sweep_m(t, rng);
+        if (HasFatalFailure()) return;
+    }
+}
+
+// Row shards as tensor parallelism loads them (o_proj / down_proj on rank r of N): an act-order layer's shard holds
+// parts of scattered groups, so the prepared layout pads groups to whole k-blocks and reads a block-group table.
+TestLayer make_shard_layer(const LayerSpec& full, std::int64_t begin, std::int64_t end, std::mt19937_64& rng) {
+    TestLayer t;
+    t.layer = gptq_test::row_shard(gptq_test::make_random_layer(full, rng), begin, end);
+    t.device = gptq_test::upload(gptq_test::prepare(t.layer));
+    t.w = gptq_test::reference_dequantize(t.layer, false);
+    return t;
+}
+
+TEST_F(GptqGemvTest, MatchesReference_ActOrderRowShards) {
+    std::mt19937_64 rng(test::test_seed() + 11);
+    struct Case {
+        LayerSpec full;
+        std::int64_t begin, end;
+    };
+    const std::vector<Case> cases = {
+        {{1024, 96, 128, ZeroFormat::GptqV1, true, false}, 0, 512},      // TP=2 rank 0
+        {{1024, 96, 64, ZeroFormat::GptqV2, true, true}, 512, 1024},     // TP=2 rank 1
+        {{1024, 296, 32, ZeroFormat::GptqV1, true, false}, 256, 512},    // TP=4 rank 1
+        {{2048, 520, 128, ZeroFormat::GptqV1, true, true}, 96, 1376},    // uneven cut, not group aligned
+        {{8192, 1024, 128, ZeroFormat::GptqV2, true, false}, 4096, 8192},  // 70B o_proj rows at TP=2, split-K
+        {{2048, 96, 128, ZeroFormat::GptqV1, false, false}, 1024, 2048},  // in order: stays unpadded
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.full.str() + " rows [" + std::to_string(c.begin) + ", " + std::to_string(c.end) + ")");
+        const TestLayer t = make_shard_layer(c.full, c.begin, c.end, rng);
+        EXPECT_EQ(t.device.k_rows > t.device.k, c.full.act_order) << "padding expected exactly for act-order shards";
         sweep_m(t, rng);
         if (HasFatalFailure()) return;
     }
@@ -409,6 +442,22 @@ TEST_F(GptqDequantTest, BitExact_SmallShapes) {
                     if (HasFailure()) return;
                 }
             }
+        }
+    }
+}
+
+TEST_F(GptqDequantTest, BitExact_ActOrderRowShards) {
+    std::mt19937_64 rng(test::test_seed() + 12);
+    for (const auto& [begin, end] : std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 512}, {512, 1024}, {96, 736}}) {
+        for (const std::int64_t gs : {32, 128}) {
+            const LayerSpec full{1024, 296, gs, ZeroFormat::GptqV1, true, false};
+            SCOPED_TRACE(full.str() + " rows [" + std::to_string(begin) + ", " + std::to_string(end) + ")");
+            TestLayer t;
+            t.layer = gptq_test::row_shard(gptq_test::make_random_layer(full, rng), begin, end);
+            t.device = gptq_test::upload(gptq_test::prepare(t.layer));
+            ASSERT_GT(t.device.k_rows, t.device.k);
+            check_dequant_bit_exact(t, gs == 32 ? 8 : 0);
+            if (HasFailure()) return;
         }
     }
 }

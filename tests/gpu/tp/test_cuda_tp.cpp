@@ -19,7 +19,9 @@
 #include "core/model/memory_plan.h"
 #include "kernels/cuda/device_info.h"
 #include "parallel/nccl_communicator.h"
+#include "core/model/perplexity.h"
 #include "tests/cpu/golden_util.h"
+#include "tests/cpu/perplexity_golden.h"
 #include "tests/mpi/mpi_test_env.h"
 
 namespace q4tp::test {
@@ -100,6 +102,35 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
     }
     if (comm.rank() == 0) std::printf("[ tp       ] %d fixtures checked on %d GPUs\n", ran, comm.size());
     EXPECT_GT(ran, 0);
+}
+
+// The embedded tiny Llama (act-order) split over the GPUs: the first windows' negative log-likelihoods equal
+// transformers' (tests/data/perplexity/golden.h5) within 0.1%, the bound issue 6 sets.
+TEST(TensorParallelCudaTest, EmbeddedModelPerplexityMatchesTransformers) {
+    const parallel::MpiSession& session = mpi_session();
+    if (kernels::cuda::device_count() < session.local_size()) GTEST_SKIP() << "fewer GPUs than ranks";
+    parallel::select_device(session.local_rank());
+    parallel::NcclCommunicator comm(session);
+    const PerplexityGolden golden;
+    model::RuntimeConfig runtime;
+    runtime.max_context = golden.config.window;
+    runtime.max_batch_tokens = golden.config.window;
+    model::CudaOps ops;
+    const auto llama = load_model(embedded_model_dir(), ops, runtime,
+                                  model::ParallelContext{comm.rank(), comm.size(), &comm});
+    constexpr std::size_t kWindows = 4;
+    const std::int64_t text_window = golden.config.window - (golden.config.add_bos ? 1 : 0);
+    const auto end = static_cast<std::ptrdiff_t>(golden.config.stride * (kWindows - 1) + text_window);
+    const std::vector<std::int32_t> prefix(golden.tokens.begin(), golden.tokens.begin() + end);
+    const model::PerplexityResult result = model::evaluate_perplexity(*llama, prefix, golden.config);
+    ASSERT_EQ(result.window_nll.size(), kWindows);
+    for (std::size_t w = 0; w < kWindows; ++w) {
+        EXPECT_NEAR(result.window_nll[w], golden.gptq_window_nll[w], 1e-3 * golden.gptq_window_nll[w]) << "window " << w;
+        if (comm.rank() == 0) {
+            std::printf("[ ppl      ] TP=%d CUDA window %zu nll %.4f, transformers %.4f\n", comm.size(), w,
+                        result.window_nll[w], golden.gptq_window_nll[w]);
+        }
+    }
 }
 
 }  // namespace

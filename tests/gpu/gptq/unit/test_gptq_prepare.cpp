@@ -26,6 +26,7 @@ kc::GptqSource source_of(const gptq_test::GptqLayer& layer) {
     s.k = layer.spec.k;
     s.n = layer.spec.n;
     s.group_size = layer.spec.group_size;
+    s.num_groups = layer.num_groups;
     s.zero_format = layer.spec.format;
     s.qweight = layer.qweight;
     s.qzeros = layer.qzeros;
@@ -215,20 +216,84 @@ TEST(GptqPrepareTest, Throws_BadInput) {
         expect_error(s, "g_idx[5] = 4");
     }
     {
-        auto g_idx = layer.g_idx;
-        const auto it = std::find(g_idx.begin(), g_idx.end(), 1);
-        *it = 0;  // group 0 now holds 33 rows
-        auto s = source_of(layer);
-        s.g_idx = g_idx;
-        expect_error(s, "group 0 holds 33 rows");
-    }
-    {
         auto qzeros = layer.qzeros;
         qzeros[3] |= 0xF0u;  // column 25 of group 0 (v1): the ambiguous stored nibble 0xF
         auto s = source_of(layer);
         s.qzeros = qzeros;
         expect_error(s, "0xF");
     }
+}
+
+// ---- row shards of act-order layers (tensor parallelism): groups padded to whole k-blocks ------------
+
+TEST(GptqRowLayoutTest, ExactGroups_NoPaddingNoTable) {
+    std::mt19937_64 rng(test::test_seed() + 20);
+    const auto layer = gptq_test::make_random_layer(LayerSpec{512, 64, 128, ZeroFormat::GptqV1, true, false}, rng);
+    const kc::GptqRowLayout l = kc::gptq_row_layout(layer.g_idx, layer.num_groups, 128);
+    EXPECT_EQ(l.k_rows, 512);
+    EXPECT_TRUE(l.block_groups.empty());
+    EXPECT_EQ(l.perm, kc::gptq_sort_rows(layer.g_idx, layer.num_groups));
+    std::vector<std::int32_t> seq(64);
+    for (std::size_t i = 0; i < seq.size(); ++i) seq[i] = static_cast<std::int32_t>(i / 32);
+    const kc::GptqRowLayout s = kc::gptq_row_layout(seq, 2, 32);
+    EXPECT_TRUE(s.perm.empty()) << "sequential g_idx needs no permutation";
+    EXPECT_TRUE(s.block_groups.empty());
+}
+
+TEST(GptqRowLayoutTest, ShardOfActOrder_GroupsPaddedToBlocks) {
+    std::mt19937_64 rng(test::test_seed() + 21);
+    const auto full = gptq_test::make_random_layer(LayerSpec{2048, 64, 128, ZeroFormat::GptqV1, true, false}, rng);
+    const auto shard = gptq_test::row_shard(full, 1024, 2048);
+    const kc::GptqRowLayout l = kc::gptq_row_layout(shard.g_idx, full.num_groups, 128);
+    ASSERT_GT(l.k_rows, 1024);
+    ASSERT_EQ(l.k_rows % 32, 0);
+    ASSERT_EQ(l.perm.size(), static_cast<std::size_t>(l.k_rows));
+    ASSERT_EQ(l.block_groups.size(), static_cast<std::size_t>(l.k_rows / 32));
+    // Every local row appears once; filler rows are -1; each block's real rows belong to the block's group, the
+    // groups come in increasing order, rows of a group keep their order, and the last block of a group is flagged.
+    std::vector<int> seen(1024, 0);
+    int previous_group = -1;
+    for (std::int64_t b = 0; b < l.k_rows / 32; ++b) {
+        const std::int32_t entry = l.block_groups[static_cast<std::size_t>(b)];
+        const std::int32_t group = entry & ~kc::kGptqLastBlockOfGroup;
+        const bool last = entry < 0;
+        ASSERT_GE(group, previous_group);
+        const bool next_differs = b + 1 == l.k_rows / 32 ||
+                                  (l.block_groups[static_cast<std::size_t>(b + 1)] & ~kc::kGptqLastBlockOfGroup) != group;
+        EXPECT_EQ(last, next_differs) << "block " << b;
+        previous_group = group;
+        std::int32_t previous_row = -1;
+        for (std::int64_t i = 0; i < 32; ++i) {
+            const std::int32_t row = l.perm[static_cast<std::size_t>(b * 32 + i)];
+            if (row < 0) continue;
+            ASSERT_LT(row, 1024);
+            EXPECT_EQ(shard.g_idx[static_cast<std::size_t>(row)], group);
+            EXPECT_GT(row, previous_row);
+            previous_row = row;
+            ++seen[static_cast<std::size_t>(row)];
+        }
+    }
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), 1024);
+}
+
+TEST(GptqPrepareTest, DequantizeMatchesReference_RowShards) {
+    std::mt19937_64 rng(test::test_seed() + 22);
+    int padded = 0;
+    for (const std::int64_t gs : {32, 64, 128}) {
+        for (const bool act : {true, false}) {
+            for (const auto& [begin, end] :
+                 std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 512}, {512, 1024}, {224, 800}, {992, 1024}}) {
+                const LayerSpec spec{1024, 8 * 37, gs, ZeroFormat::GptqV2, act, false};
+                SCOPED_TRACE(spec.str() + " rows [" + std::to_string(begin) + ", " + std::to_string(end) + ")");
+                const auto shard = gptq_test::row_shard(gptq_test::make_random_layer(spec, rng), begin, end);
+                const kc::GptqPrepared p = kc::gptq_prepare(source_of(shard));
+                padded += p.k_rows > p.k ? 1 : 0;
+                EXPECT_EQ(p.num_groups, 1024 / gs) << "a shard keeps every group's scales";
+                ASSERT_EQ(kc::gptq_prepared_dequantize(p), gptq_test::reference_dequantize(shard, true));
+            }
+        }
+    }
+    EXPECT_GE(padded, 9) << "act-order shards must exercise the padded layout";
 }
 
 // ---- launch plan and launcher preconditions (checked before any CUDA call) ------------------------
