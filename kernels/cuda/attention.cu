@@ -33,6 +33,9 @@
 //
 // A *past_len outside 0 .. capacity - m cannot be checked on the host: both paths then write NaN to every output
 // element and read nothing from the cache.
+//
+// PDL (common/pdl.cuh): every input here (q, the caches, *past_len, the workspace) is written by an earlier kernel
+// of the step, so each of the three kernels calls pdl_wait() first, before reading anything or exiting early.
 
 #include "kernels/cuda/attention.h"
 
@@ -44,6 +47,7 @@
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
+#include "kernels/cuda/common/pdl.cuh"
 
 namespace q4tp::kernels::cuda {
 
@@ -220,6 +224,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_partial_kernel(KernelAr
     __shared__ float s_max[kSlots][NR];
     __shared__ float s_sum[kSlots][NR];
 
+    pdl_wait();
+    pdl_launch_dependents();
     const int past = *a.past_len;
     if (!past_len_ok(past, a.m, a.capacity)) return;  // the merge kernel writes NaN
     const int keys = past + a.m;
@@ -369,6 +375,8 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(KernelArgs 
     const std::size_t row = blockIdx.x;  // t * nh + h
     const int tid = static_cast<int>(threadIdx.x);
     __half* out = a.out + row * D;
+    pdl_wait();  // the partial kernel's workspace
+    pdl_launch_dependents();
     const int past = *a.past_len;
     if (!past_len_ok(past, a.m, a.capacity)) {
         for (int d = tid; d < D; d += kMergeThreads) out[d] = half_nan();
@@ -438,6 +446,8 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_kernel(KernelArgs a) 
     __shared__ __align__(16) __half s_k[kPrefillKeys * kStride];
     __shared__ __align__(16) __half s_v[kPrefillKeys * kStride];
 
+    pdl_wait();
+    pdl_launch_dependents();
     const int past = *a.past_len;
     const int h = static_cast<int>(blockIdx.y);
     const int t0 = (static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x)) * kPrefillRows;
@@ -681,28 +691,25 @@ void launch_decode(const KernelArgs& a, int num_kv_heads, cudaStream_t stream) {
                     static_cast<unsigned int>((a.rows + nr - 1) / nr));
     switch (nr) {
         case 1:
-            decode_partial_kernel<D, 1><<<grid, kDecodeThreads, 0, stream>>>(a);
+            launch_kernel(decode_partial_kernel<D, 1>, grid, kDecodeThreads, 0, stream, a);
             break;
         case 2:
-            decode_partial_kernel<D, 2><<<grid, kDecodeThreads, 0, stream>>>(a);
+            launch_kernel(decode_partial_kernel<D, 2>, grid, kDecodeThreads, 0, stream, a);
             break;
         case 4:
-            decode_partial_kernel<D, 4><<<grid, kDecodeThreads, 0, stream>>>(a);
+            launch_kernel(decode_partial_kernel<D, 4>, grid, kDecodeThreads, 0, stream, a);
             break;
         default:
             Q4TP_THROW("attention_decode: no kernel for " << nr << " rows per CTA");
     }
-    Q4TP_CUDA_CHECK_LAUNCH();
-    decode_merge_kernel<D><<<static_cast<unsigned int>(a.m * a.num_heads), kMergeThreads, 0, stream>>>(a);
-    Q4TP_CUDA_CHECK_LAUNCH();
+    launch_kernel(decode_merge_kernel<D>, static_cast<unsigned int>(a.m * a.num_heads), kMergeThreads, 0, stream, a);
 }
 
 template <int D>
 void launch_prefill(const KernelArgs& a, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned int>((a.m + kPrefillRows - 1) / kPrefillRows),
                     static_cast<unsigned int>(a.num_heads));
-    prefill_kernel<D><<<grid, kPrefillThreads, 0, stream>>>(a);
-    Q4TP_CUDA_CHECK_LAUNCH();
+    launch_kernel(prefill_kernel<D>, grid, kPrefillThreads, 0, stream, a);
 }
 
 }  // namespace

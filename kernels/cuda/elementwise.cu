@@ -5,12 +5,15 @@
 // element at a time by the same kernel; otherwise the whole range goes through the 1-element path. Math is fp32,
 // each output rounded once to fp16 (round to nearest even). Grid-stride loops keep the grid size bounded for any
 // count, so one launch covers counts far beyond one wave of the GPU.
+//
+// PDL (common/pdl.cuh): every operand is an activation, so both kernels wait before touching memory.
 #include "kernels/cuda/elementwise.h"
 
 #include <cstdint>
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
+#include "kernels/cuda/common/pdl.cuh"
 
 namespace q4tp::kernels::cuda {
 
@@ -55,6 +58,8 @@ __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f
 //! Processes count / N vectors of N halves, then (N > 1) the remaining count % N elements one by one.
 template <int N>
 __global__ void silu_mul_kernel(const __half* gate, const __half* up, std::int64_t count, __half* out) {
+    pdl_wait();
+    pdl_launch_dependents();
     const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
     const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const std::int64_t vec_count = count / N;
@@ -73,6 +78,8 @@ __global__ void silu_mul_kernel(const __half* gate, const __half* up, std::int64
 
 template <int N>
 __global__ void add_inplace_kernel(__half* x, const __half* y, std::int64_t count) {
+    pdl_wait();
+    pdl_launch_dependents();
     const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
     const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const std::int64_t vec_count = count / N;
@@ -108,22 +115,21 @@ void silu_mul(const __half* gate, const __half* up, std::int64_t count, __half* 
     Q4TP_CHECK(count > 0, "silu_mul: count = " << count << ", expected > 0");
     Q4TP_CHECK(gate && up && out, "silu_mul: null gate, up or out pointer");
     if (aligned16(gate) && aligned16(up) && aligned16(out)) {
-        silu_mul_kernel<kVecWidth><<<grid_for(count / kVecWidth), kThreads, 0, stream>>>(gate, up, count, out);
+        launch_kernel(silu_mul_kernel<kVecWidth>, grid_for(count / kVecWidth), kThreads, 0, stream, gate, up, count,
+                      out);
     } else {
-        silu_mul_kernel<1><<<grid_for(count), kThreads, 0, stream>>>(gate, up, count, out);
+        launch_kernel(silu_mul_kernel<1>, grid_for(count), kThreads, 0, stream, gate, up, count, out);
     }
-    Q4TP_CUDA_CHECK_LAUNCH();
 }
 
 void add_inplace(__half* x, const __half* y, std::int64_t count, cudaStream_t stream) {
     Q4TP_CHECK(count > 0, "add_inplace: count = " << count << ", expected > 0");
     Q4TP_CHECK(x && y, "add_inplace: null x or y pointer");
     if (aligned16(x) && aligned16(y)) {
-        add_inplace_kernel<kVecWidth><<<grid_for(count / kVecWidth), kThreads, 0, stream>>>(x, y, count);
+        launch_kernel(add_inplace_kernel<kVecWidth>, grid_for(count / kVecWidth), kThreads, 0, stream, x, y, count);
     } else {
-        add_inplace_kernel<1><<<grid_for(count), kThreads, 0, stream>>>(x, y, count);
+        launch_kernel(add_inplace_kernel<1>, grid_for(count), kThreads, 0, stream, x, y, count);
     }
-    Q4TP_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace q4tp::kernels::cuda

@@ -9,6 +9,9 @@
 // vocab, and the model checks prompt ids). Clamping would silently embed the wrong token and NaN rows would only
 // move the failure downstream, so the kernel does neither; a device assert catches a violated contract in debug
 // builds (NDEBUG removes it in release, where the row read would be out of bounds).
+//
+// PDL (common/pdl.cuh): the table is a weight, but which row to read depends on ids (written by the sampler or a
+// copy), so the kernel waits before reading anything and before writing out.
 #include "kernels/cuda/embedding.h"
 
 #include <cassert>
@@ -16,6 +19,7 @@
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
+#include "kernels/cuda/common/pdl.cuh"
 
 namespace q4tp::kernels::cuda {
 
@@ -43,6 +47,8 @@ struct alignas(sizeof(__half) * N) HalfVec {
 template <int N>
 __global__ void embedding_kernel(const std::int32_t* ids, const __half* table, std::int64_t vocab,
                                  std::int64_t hidden, __half* out) {
+    pdl_wait();
+    pdl_launch_dependents();
     const std::int64_t t = blockIdx.x;
     const std::int32_t id = ids[t];
     assert(id >= 0 && id < vocab);
@@ -84,12 +90,11 @@ void embedding(const std::int32_t* ids,
     Q4TP_CHECK(ids && table && out, "embedding: null ids, table or out pointer");
     const dim3 grid(static_cast<unsigned int>(m));
     if (hidden % kVecWidth == 0 && aligned16(table) && aligned16(out)) {
-        embedding_kernel<kVecWidth><<<grid, threads_for(hidden / kVecWidth), 0, stream>>>(ids, table, vocab, hidden,
-                                                                                          out);
+        launch_kernel(embedding_kernel<kVecWidth>, grid, threads_for(hidden / kVecWidth), 0, stream, ids, table, vocab,
+                      hidden, out);
     } else {
-        embedding_kernel<1><<<grid, threads_for(hidden), 0, stream>>>(ids, table, vocab, hidden, out);
+        launch_kernel(embedding_kernel<1>, grid, threads_for(hidden), 0, stream, ids, table, vocab, hidden, out);
     }
-    Q4TP_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace q4tp::kernels::cuda

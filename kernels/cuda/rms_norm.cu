@@ -13,6 +13,9 @@
 // of pass 2 element for element. With hidden % 8 == 0 and 16-byte aligned pointers each access moves 8 halves
 // (128 bits); any other hidden takes the 1-element path. Two passes instead of registers means no upper bound on
 // hidden and no per-hidden template instances; the reduction order is fixed, so results are bitwise deterministic.
+//
+// PDL (common/pdl.cuh): each thread loads its first gain vector, which no kernel writes, before pdl_wait(); the rows
+// (x, residual, delta) are read and every output written after it.
 #include "kernels/cuda/rms_norm.h"
 
 #include <cmath>
@@ -20,6 +23,7 @@
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
+#include "kernels/cuda/common/pdl.cuh"
 
 namespace q4tp::kernels::cuda {
 
@@ -86,6 +90,12 @@ __global__ void rms_norm_kernel(NormArgs a) {
     const __half* src = (kAdd ? a.residual : a.x) + row_offset;
     const auto* src_vec = reinterpret_cast<const HalfVec<N>*>(src);
     const std::int64_t vec_count = a.hidden / N;
+    const auto* weight_vec = reinterpret_cast<const HalfVec<N>*>(a.weight);
+    // The gain is a weight: its first vector streams in while the previous kernel drains.
+    HalfVec<N> first_weight{};
+    if (threadIdx.x < vec_count) first_weight = weight_vec[threadIdx.x];
+    pdl_wait();
+    pdl_launch_dependents();
 
     float sum_sq = 0.0f;
     for (std::int64_t v = threadIdx.x; v < vec_count; v += blockDim.x) {
@@ -105,11 +115,10 @@ __global__ void rms_norm_kernel(NormArgs a) {
     const float total = block_reduce_sum(sum_sq);
     const float inv_rms = rsqrtf(total / static_cast<float>(a.hidden) + a.eps);
 
-    const auto* weight_vec = reinterpret_cast<const HalfVec<N>*>(a.weight);
     auto* out_vec = reinterpret_cast<HalfVec<N>*>(a.out + row_offset);
     for (std::int64_t v = threadIdx.x; v < vec_count; v += blockDim.x) {
         const HalfVec<N> r = src_vec[v];
-        const HalfVec<N> w = weight_vec[v];
+        const HalfVec<N> w = v == threadIdx.x ? first_weight : weight_vec[v];
         HalfVec<N> o;
 #pragma unroll
         for (int j = 0; j < N; ++j) {
@@ -145,11 +154,10 @@ void launch(const NormArgs& a, const void* row_base, std::int64_t m, cudaStream_
     const bool vec = a.hidden % kVecWidth == 0 && aligned16(row_base) && aligned16(a.weight) && aligned16(a.out) &&
                      (!kAdd || aligned16(a.delta));
     if (vec) {
-        rms_norm_kernel<kVecWidth, kAdd><<<grid, threads_for(a.hidden / kVecWidth), 0, stream>>>(a);
+        launch_kernel(rms_norm_kernel<kVecWidth, kAdd>, grid, threads_for(a.hidden / kVecWidth), 0, stream, a);
     } else {
-        rms_norm_kernel<1, kAdd><<<grid, threads_for(a.hidden), 0, stream>>>(a);
+        launch_kernel(rms_norm_kernel<1, kAdd>, grid, threads_for(a.hidden), 0, stream, a);
     }
-    Q4TP_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

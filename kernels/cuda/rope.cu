@@ -17,6 +17,9 @@
 // few thousand, as large as the fp16 rounding itself; sincosf stays within ~1 ulp of fp32 over the whole range.
 // The rotation is fp32 and rounded once to fp16. The build must not use --use_fast_math (it turns sincosf into
 // __sincosf).
+//
+// PDL (common/pdl.cuh): each thread loads the inv_freq entry of its first pair (a table no kernel writes) before
+// pdl_wait(); positions, q, k, v are read and q and the caches written after it.
 #include "kernels/cuda/rope.h"
 
 #include <cassert>
@@ -25,6 +28,7 @@
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
+#include "kernels/cuda/common/pdl.cuh"
 
 namespace q4tp::kernels::cuda {
 
@@ -56,15 +60,18 @@ __device__ __forceinline__ void rotate_pair(const __half* src, __half* dst, std:
 __global__ void rope_append_kv_kernel(RopeAppendKvParams p) {
     const std::int64_t t = blockIdx.x;
     const std::int64_t head = blockIdx.y;
+    const std::int64_t half = p.head_dim / 2;
+    const float first_inv_freq = threadIdx.x < half ? p.inv_freq[threadIdx.x] : 0.0f;
+    pdl_wait();  // positions and q/k/v come from the kernels before this one
+    pdl_launch_dependents();
     const std::int32_t pos = p.positions[t];
     assert(pos >= 0 && pos < p.capacity);
-    const std::int64_t half = p.head_dim / 2;
     const auto pos_f = static_cast<float>(pos);
 
     for (std::int64_t i = threadIdx.x; i < half; i += blockDim.x) {
         float s;
         float c;
-        sincosf(pos_f * p.inv_freq[i], &s, &c);
+        sincosf(pos_f * (i == threadIdx.x ? first_inv_freq : p.inv_freq[i]), &s, &c);
         c *= p.attention_scaling;
         s *= p.attention_scaling;
         if (head < p.num_heads) {
@@ -113,8 +120,7 @@ void rope_append_kv(const RopeAppendKvParams& p, cudaStream_t stream) {
     Q4TP_CHECK(p.q && p.k && p.v && p.k_cache && p.v_cache && p.positions && p.inv_freq,
                "rope_append_kv: null q, k, v, k_cache, v_cache, positions or inv_freq pointer");
     const dim3 grid(static_cast<unsigned int>(p.m), static_cast<unsigned int>(p.num_heads + p.num_kv_heads));
-    rope_append_kv_kernel<<<grid, threads_for(p.head_dim / 2), 0, stream>>>(p);
-    Q4TP_CUDA_CHECK_LAUNCH();
+    launch_kernel(rope_append_kv_kernel, grid, threads_for(p.head_dim / 2), 0, stream, p);
 }
 
 }  // namespace q4tp::kernels::cuda

@@ -38,6 +38,9 @@
 // sub-histograms or __match_any_sync aggregation would remove it; (2) one block streams the row with one scalar
 // load in flight per thread, so each pass is latency bound (~20 us) - vector loads and unrolling would cut it;
 // (3) the draw's second level is one warp walking 4K tokens serially - the whole block should scan that chunk.
+//
+// PDL (common/pdl.cuh): logits, options, history and the step counter may all be written by earlier kernels or
+// copies of the step, so every kernel here calls pdl_wait() before its first read.
 
 #include "kernels/cuda/sampling.h"
 
@@ -48,6 +51,7 @@
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
+#include "kernels/cuda/common/pdl.cuh"
 
 namespace q4tp::kernels::cuda {
 
@@ -554,6 +558,8 @@ __device__ std::int32_t sample_full(const Row& row, const KeyCut& cut_k, const R
 
 __global__ void __launch_bounds__(kThreads) argmax_rows_kernel(const float* logits, int vocab, std::int32_t* out) {
     __shared__ ReduceScratch scratch;
+    pdl_wait();
+    pdl_launch_dependents();
     const float* row = logits + static_cast<std::int64_t>(blockIdx.x) * vocab;
     float best_v = -INFINITY;
     std::int32_t best_i = kNoToken;
@@ -570,6 +576,8 @@ __global__ void __launch_bounds__(kThreads) argmax_rows_kernel(const float* logi
 
 __global__ void __launch_bounds__(kThreads) sample_rows_kernel(SampleRowsParams p, bool advance_step) {
     __shared__ SampleShared s;
+    pdl_wait();
+    pdl_launch_dependents();
     const int row_index = blockIdx.x;
     const int vocab = static_cast<int>(p.vocab);
     float* logits = p.logits + static_cast<std::int64_t>(row_index) * p.vocab;
@@ -645,7 +653,11 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(SampleRowsParams 
 }
 
 //! With several rows no block may advance the step before every block has read it: a one-thread kernel after them.
-__global__ void advance_step_kernel(std::uint64_t* step) { *step += 1; }
+__global__ void advance_step_kernel(std::uint64_t* step) {
+    pdl_wait();  // every sample_rows block has read *step
+    pdl_launch_dependents();
+    *step += 1;
+}
 
 }  // namespace
 
@@ -660,8 +672,8 @@ void argmax_rows(const float* logits, std::int64_t m, std::int64_t vocab, std::i
     constexpr std::int64_t kMaxVocab = INT_MAX - kThreads;
     Q4TP_CHECK(vocab >= 1 && vocab <= kMaxVocab,
                "argmax_rows: vocab = " << vocab << ", expected 1 <= vocab <= " << kMaxVocab);
-    argmax_rows_kernel<<<static_cast<unsigned>(m), kThreads, 0, stream>>>(logits, static_cast<int>(vocab), out);
-    Q4TP_CUDA_CHECK_LAUNCH();
+    launch_kernel(argmax_rows_kernel, static_cast<unsigned>(m), kThreads, 0, stream, logits, static_cast<int>(vocab),
+                  out);
 }
 
 void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
@@ -680,12 +692,8 @@ void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
     Q4TP_CHECK(!p.append_to_history || p.history_capacity > 0,
                "sample_rows: append_to_history is set but history_capacity = 0 (nowhere to append)");
     const bool single_block = p.m == 1;
-    sample_rows_kernel<<<static_cast<unsigned>(p.m), kThreads, 0, stream>>>(p, single_block);
-    Q4TP_CUDA_CHECK_LAUNCH();
-    if (!single_block) {
-        advance_step_kernel<<<1, 1, 0, stream>>>(p.step);
-        Q4TP_CUDA_CHECK_LAUNCH();
-    }
+    launch_kernel(sample_rows_kernel, static_cast<unsigned>(p.m), kThreads, 0, stream, p, single_block);
+    if (!single_block) launch_kernel(advance_step_kernel, 1, 1, 0, stream, p.step);
 }
 
 std::array<std::uint32_t, 4> philox4x32_10(std::array<std::uint32_t, 4> counter, std::array<std::uint32_t, 2> key) {
