@@ -30,6 +30,7 @@
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
+#include "kernels/cuda/common/pdl.cuh"
 #include "kernels/cuda/common/ptx.cuh"
 #include "kernels/cuda/gptq_gemv.h"
 #include "kernels/cuda/quant/int4.cuh"
@@ -210,6 +211,10 @@ __global__ void Q4TP_GPTQ_GEMV_BOUNDS gptq_gemv_kernel(const GemvArgs a) {
         zw[u] = 0u;
         fetch(u, u);
     }
+    // PDL (common/pdl.cuh): the weight loads above ran ahead while the kernel before this one drained; x, y, the
+    // residual and the workspace belong to the chain and are touched only from here on.
+    pdl_wait();
+    pdl_launch_dependents();
 
     // Gather this slice of x (through perm) while the weight loads are in flight. Warp w stages whole 32-row blocks
     // (i = 32 w + lane + 256 j), so one shuffle reduction per row gives that block's sum x.
@@ -376,6 +381,7 @@ __global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArg
         const std::uint32_t z =
             __ldg(a.zeros + static_cast<long long>(group) * (a.n_padded / 8) + tile * 4 + g / 2) >> (16 * (g & 1));
         const std::uint32_t words[4] = {q.x, q.y, q.z, q.w};
+        pdl_wait();  // the GEMM before may still read the scratch this kernel overwrites
 #pragma unroll
         for (int j = 0; j < 4; ++j) {  // word j: n16 tile p = j / 2, k16 step j % 2
             const int p = j / 2;
@@ -390,7 +396,10 @@ __global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArg
                 tile_rows[row][warp * kTileN + 16 * p + 8 * h + g] = int4_dequant(code, zero, scale);
             }
         }
+    } else {
+        pdl_wait();
     }
+    pdl_launch_dependents();
     __syncthreads();
     for (int i = static_cast<int>(threadIdx.x); i < kBlockK * kCtaN; i += kThreads) {
         const int row = i / kCtaN;
@@ -449,8 +458,7 @@ void check_weights(const GptqWeights& w, const char* what) {
 template <int M>
 void launch_gemv(const GemvArgs& args, const GptqGemvPlan& plan, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned int>(plan.n_tiles), static_cast<unsigned int>(plan.splits));
-    gptq_gemv_kernel<M><<<grid, kThreads, static_cast<std::size_t>(plan.smem_bytes), stream>>>(args);
-    Q4TP_CUDA_CHECK(cudaGetLastError());
+    launch_kernel(gptq_gemv_kernel<M>, grid, dim3(kThreads), static_cast<std::size_t>(plan.smem_bytes), stream, args);
 }
 
 }  // namespace
@@ -611,8 +619,7 @@ void gptq_dequantize(const GptqDequantParams& p, cudaStream_t stream) {
     const std::int64_t n_tiles = ceil_div(args.n_padded, kCtaN);
     Q4TP_CHECK(n_tiles <= 65535, "gptq_dequantize: N = " << w.n << " needs " << n_tiles << " column tiles, over 65535");
     const dim3 grid(static_cast<unsigned int>(args.k_blocks), static_cast<unsigned int>(n_tiles));
-    gptq_dequant_kernel<<<grid, kThreads, 0, stream>>>(args);
-    Q4TP_CUDA_CHECK(cudaGetLastError());
+    launch_kernel(gptq_dequant_kernel, grid, dim3(kThreads), 0, stream, args);
 }
 
 }  // namespace q4tp::kernels::cuda
