@@ -1,6 +1,7 @@
 #include "core/model/cpu_ops.h"
 
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include "core/base/error.h"
@@ -12,6 +13,7 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/rms_norm.h"
 #include "kernels/cpu/rope.h"
+#include "core/model/sampling.h"
 #include "core/model/synthetic.h"
 #include "loaders/gptq.h"
 
@@ -39,6 +41,35 @@ private:
     std::int64_t k_, n_;
     HostBuffer<float> w_;
     HostBuffer<float> bias_;
+};
+
+// The host Sampler and the ids it has seen: the generator's host path, kept behind the Ops interface.
+class CpuTokenSelector final : public TokenSelector {
+public:
+    CpuTokenSelector(std::int64_t vocab, std::int64_t max_history) : vocab_(vocab) {
+        history_.reserve(static_cast<std::size_t>(max_history));
+    }
+
+    void reset(const SamplingConfig& config, std::span<const std::int32_t> history) override {
+        check_history(history, vocab_);
+        sampler_.emplace(config);
+        history_.assign(history.begin(), history.end());
+    }
+    int graph_variant() const override { return 0; }
+
+    std::int32_t select(std::span<float> logits) {
+        Q4TP_CHECK(sampler_.has_value(), "token selection: select_token() before the selector was reset()");
+        Q4TP_CHECK(static_cast<std::int64_t>(logits.size()) == vocab_,
+                   "token selection: a logits row of " << logits.size() << " for a vocabulary of " << vocab_);
+        const std::int32_t token = sampler_->sample(logits, history_);
+        history_.push_back(token);
+        return token;
+    }
+
+private:
+    std::int64_t vocab_;
+    std::optional<Sampler> sampler_;     //!< seeded by reset()
+    std::vector<std::int32_t> history_;  //!< prompt, then every selected id
 };
 
 void expect_f32(const TensorView& t, const char* what) {
@@ -182,6 +213,28 @@ void CpuOps::add(TensorView x, TensorView y) {
 void CpuOps::lm_head(TensorView x, TensorView weight, TensorView logits) {
     kernels::cpu::matmul_transposed_b(x.as<const float>(), weight.as<const float>(), outer_rows(x), last_dim(x),
                                       weight.shape[0], logits.as<float>(), nullptr);
+}
+
+std::unique_ptr<TokenSelector> CpuOps::make_token_selector(std::int64_t vocab, std::int64_t max_history) {
+    Q4TP_CHECK(vocab > 0 && max_history >= 0,
+               "cpu backend: token selector for vocab " << vocab << " and history " << max_history);
+    return std::make_unique<CpuTokenSelector>(vocab, max_history);
+}
+
+void CpuOps::select_token(TokenSelector& selector, TensorView logits, TensorView out) {
+    expect_f32(logits, "select_token logits");
+    Q4TP_CHECK(out.dtype == DType::I32 && out.device == Device::Host && out.numel() == 1,
+               "cpu backend: select_token output must be one host I32, got " << to_string(out.dtype) << " "
+                                                                             << out.shape.str());
+    auto& cpu = dynamic_cast<CpuTokenSelector&>(selector);
+    const std::span<float> row(logits.as<float>(), static_cast<std::size_t>(logits.numel()));
+    *out.as<std::int32_t>() = cpu.select(row);
+}
+
+std::int32_t CpuOps::read_id(TensorView id) {
+    Q4TP_CHECK(id.dtype == DType::I32 && id.device == Device::Host && id.numel() == 1,
+               "cpu backend: read_id needs one host I32, got " << to_string(id.dtype) << " " << id.shape.str());
+    return *id.as<const std::int32_t>();
 }
 
 }  // namespace q4tp::model

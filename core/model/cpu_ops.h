@@ -37,6 +37,11 @@ public:
     void add(TensorView x, TensorView y) override;
     void lm_head(TensorView x, TensorView weight, TensorView logits) override;
 
+    std::unique_ptr<TokenSelector> make_token_selector(std::int64_t vocab, std::int64_t max_history) override;
+    //! Runs the host Sampler on the row in place: exactly the tokens sampling a downloaded copy gives.
+    void select_token(TokenSelector& selector, TensorView logits, TensorView out) override;
+    std::int32_t read_id(TensorView id) override;
+
 private:
     std::vector<HostBuffer<std::byte>> allocations_;
     std::vector<float> linear_scratch_;  //!< linear_add's product before the add; grows to the largest [m][n]

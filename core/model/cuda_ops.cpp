@@ -12,6 +12,7 @@
 #include "core/base/error.h"
 #include "core/base/half.h"
 #include "core/base/logging.h"
+#include "core/model/sampling.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/elementwise.h"
@@ -22,6 +23,7 @@
 #include "kernels/cuda/random_fill.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/sampling.h"
 #include "loaders/gptq.h"
 
 namespace q4tp::model {
@@ -75,6 +77,104 @@ public:
     DeviceBuffer<std::int32_t> perm_;
     DeviceBuffer<std::int32_t> block_groups_;
     DeviceBuffer<std::uint16_t> bias_;
+};
+
+// One sequence's token-selection state on the device. Everything select() reads per step lives here (options,
+// Philox key and step, penalty ring), so a captured step replays with whatever reset() last copied; only the
+// variant (argmax or sampling, the ring's length) is fixed at capture.
+class CudaTokenSelector final : public TokenSelector {
+public:
+    CudaTokenSelector(std::int64_t vocab, std::int64_t max_history, cudaStream_t stream)
+        : vocab_(vocab),
+          max_history_(max_history),
+          stream_(stream),
+          options_(1),
+          seed_(1),
+          step_(1),
+          history_len_(1),
+          history_(static_cast<std::size_t>(std::max<std::int64_t>(max_history, 1))) {}
+
+    void reset(const SamplingConfig& config, std::span<const std::int32_t> history) override {
+        config.validate();
+        check_history(history, vocab_);
+        const bool penalty = config.repetition_penalty != 1.0;
+        argmax_only_ = config.greedy() && !penalty;
+        Q4TP_CHECK(argmax_only_ || vocab_ <= kc::kMaxSamplingVocab,
+                   "cuda backend: sampling over a vocabulary of " << vocab_ << " exceeds the GPU sampler's limit of "
+                                                                  << kc::kMaxSamplingVocab << " tokens");
+        // The penalty window is a ring of exactly its length; "the whole history" (0) and windows longer than
+        // any history this sequence can reach are the whole buffer.
+        const std::int64_t last_n = config.repetition_last_n;
+        window_ = !penalty ? 0 : (last_n == 0 || last_n > max_history_ ? max_history_ : last_n);
+        Q4TP_CHECK(!penalty || window_ > 0, "cuda backend: a repetition penalty needs a history buffer");
+        const auto length = static_cast<std::int64_t>(history.size());
+        Q4TP_CHECK(!(penalty && last_n == 0 && length > max_history_),
+                   "cuda backend: a history of " << length << " ids exceeds the selector's " << max_history_);
+
+        kc::SamplingOptions options;
+        options.temperature = static_cast<float>(config.temperature);
+        options.top_k = config.top_k;
+        options.top_p = static_cast<float>(config.top_p);
+        options.min_p = static_cast<float>(config.min_p);
+        options.repetition_penalty = static_cast<float>(config.repetition_penalty);
+        // Token t of the history sits at ring[t % window], as sample_rows appends them.
+        std::vector<std::int32_t> ring(static_cast<std::size_t>(window_), -1);
+        for (std::int64_t t = std::max<std::int64_t>(0, length - window_); t < length; ++t) {
+            ring[static_cast<std::size_t>(t % window_)] = history[static_cast<std::size_t>(t)];
+        }
+        const std::uint64_t seed = config.seed, step = 0;
+        copy_to_device(options_.data(), &options, sizeof(options));
+        copy_to_device(seed_.data(), &seed, sizeof(seed));
+        copy_to_device(step_.data(), &step, sizeof(step));
+        copy_to_device(history_len_.data(), &length, sizeof(length));
+        if (!ring.empty()) copy_to_device(history_.data(), ring.data(), ring.size() * sizeof(std::int32_t));
+        Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host values above die when we return
+        ready_ = true;
+    }
+
+    int graph_variant() const override { return argmax_only_ ? 0 : 1 + static_cast<int>(window_); }
+
+    //! logits is written only by the repetition penalty (in place, as the host Sampler does).
+    void select(float* logits, std::int32_t* out) {
+        Q4TP_CHECK(ready_, "cuda backend: select_token() before the selector was reset()");
+        if (argmax_only_) {
+            kc::argmax_rows(logits, 1, vocab_, out, stream_);
+            return;
+        }
+        kc::SampleRowsParams p;
+        p.logits = logits;
+        p.m = 1;
+        p.vocab = vocab_;
+        p.options = options_.data();
+        if (window_ > 0) {
+            p.history = history_.data();
+            p.history_len = history_len_.data();
+            p.history_capacity = window_;
+            p.append_to_history = true;
+        }
+        p.seed_device = seed_.data();
+        p.step = step_.data();
+        p.out = out;
+        kc::sample_rows(p, stream_);
+    }
+
+    std::int64_t vocab() const { return vocab_; }
+
+private:
+    void copy_to_device(void* dst, const void* src, std::size_t bytes) {
+        Q4TP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    }
+
+    std::int64_t vocab_, max_history_;
+    cudaStream_t stream_;
+    DeviceBuffer<kc::SamplingOptions> options_;  //!< [1]
+    DeviceBuffer<std::uint64_t> seed_;           //!< [1] Philox key
+    DeviceBuffer<std::uint64_t> step_;           //!< [1] Philox counter, advanced by every draw
+    DeviceBuffer<std::int64_t> history_len_;     //!< [1] ids ever appended to the ring
+    DeviceBuffer<std::int32_t> history_;         //!< [max_history] penalty ring; the first window_ entries in use
+    bool argmax_only_ = true;
+    std::int64_t window_ = 0;  //!< ring length this sequence uses; 0 = no penalty
+    bool ready_ = false;
 };
 
 template <typename T>
@@ -418,6 +518,31 @@ void CudaOps::lm_head(TensorView x, TensorView weight, TensorView logits) {
     p.workspace = cublas_workspace_.data();
     p.workspace_bytes = cublas_workspace_.bytes();
     kc::lm_head(cublas_, p, stream_.get());
+}
+
+std::unique_ptr<TokenSelector> CudaOps::make_token_selector(std::int64_t vocab, std::int64_t max_history) {
+    Q4TP_CHECK(vocab > 0 && max_history >= 0,
+               "cuda backend: token selector for vocab " << vocab << " and history " << max_history);
+    return std::make_unique<CudaTokenSelector>(vocab, max_history, stream_.get());
+}
+
+void CudaOps::select_token(TokenSelector& selector, TensorView logits, TensorView out) {
+    expect_device(logits, DType::F32, "select_token logits");
+    expect_device(out, DType::I32, "select_token output");
+    auto& cuda = dynamic_cast<CudaTokenSelector&>(selector);
+    Q4TP_CHECK(logits.numel() == cuda.vocab() && out.numel() == 1,
+               "cuda backend: select_token over logits " << logits.shape.str() << " into " << out.shape.str()
+                                                         << " for a vocabulary of " << cuda.vocab());
+    cuda.select(logits.as<float>(), out.as<std::int32_t>());
+}
+
+std::int32_t CudaOps::read_id(TensorView id) {
+    expect_device(id, DType::I32, "read_id source");
+    Q4TP_CHECK(id.numel() == 1, "cuda backend: read_id of " << id.shape.str() << ", expected one id");
+    std::int32_t value = 0;
+    Q4TP_CUDA_CHECK(cudaMemcpyAsync(&value, id.data, sizeof(value), cudaMemcpyDeviceToHost, stream_.get()));
+    Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    return value;
 }
 
 }  // namespace q4tp::model

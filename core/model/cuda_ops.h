@@ -50,6 +50,12 @@ public:
     void add(TensorView x, TensorView y) override;
     void lm_head(TensorView x, TensorView weight, TensorView logits) override;
 
+    //! Device-resident options, Philox key and step, and a repetition-penalty ring of max_history ids.
+    std::unique_ptr<TokenSelector> make_token_selector(std::int64_t vocab, std::int64_t max_history) override;
+    //! argmax_rows (greedy without a penalty) or sample_rows (kernels/cuda/sampling.h); no host synchronization.
+    void select_token(TokenSelector& selector, TensorView logits, TensorView out) override;
+    std::int32_t read_id(TensorView id) override;
+
     cudaStream_t stream() const { return stream_.get(); }
     //! Rows up to which linear() uses the fused int4 GEMV; above it, dequantize + cuBLAS (docs/design.md).
     static constexpr std::int64_t kGemvMaxRows = 8;

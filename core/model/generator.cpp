@@ -54,22 +54,31 @@ GenerationResult generate(LlamaModel& model, const loaders::Tokenizer& tokenizer
         if (on_text) on_text(text);
     };
 
+    bool finished = config.max_new_tokens == 0;
+    if (finished) result.stop_reason = StopReason::MaxNewTokens;
+    if (!finished && prompt_len >= capacity) {
+        finished = true;
+        result.stop_reason = StopReason::ContextFull;
+    }
+    // Backend selection: each forward pass ends in the chosen id (`selected`), and the logits stay where they are.
+    const bool on_backend = config.select_on_backend && !on_logits && !finished;
+    std::int32_t selected = -1;
+
     auto start = std::chrono::steady_clock::now();
-    model.forward(prompt_ids, 0, LogitsMode::LastOnly, logits);
+    if (on_backend) {
+        model.begin_selection(config.sampling, prompt_ids);
+        selected = model.forward_select(prompt_ids, 0);
+    } else {
+        model.forward(prompt_ids, 0, LogitsMode::LastOnly, logits);
+    }
     result.prompt_seconds = seconds_since(start);
     start = std::chrono::steady_clock::now();
     std::int64_t position = prompt_len;  // tokens in the cache
 
-    bool finished = config.max_new_tokens == 0;
-    if (finished) result.stop_reason = StopReason::MaxNewTokens;
-    if (!finished && position >= capacity) {
-        finished = true;
-        result.stop_reason = StopReason::ContextFull;
-    }
     if (on_logits) (*on_logits)(logits);
     while (!finished) {
-        const std::int32_t token = sampler.sample(logits, history);
-        history.push_back(token);
+        const std::int32_t token = on_backend ? selected : sampler.sample(logits, history);
+        if (!on_backend) history.push_back(token);
         result.tokens.push_back(token);
         const bool is_eos = std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end();
 
@@ -90,7 +99,12 @@ GenerationResult generate(LlamaModel& model, const loaders::Tokenizer& tokenizer
         }
         // The last token is also run when logits are recorded, so each generated token gets its row.
         if (finished && !(on_logits && position < capacity)) break;
-        model.forward(std::span<const std::int32_t>(&token, 1), position, LogitsMode::LastOnly, logits);
+        const std::span<const std::int32_t> input(&token, 1);
+        if (on_backend) {
+            selected = model.forward_select(input, position);
+        } else {
+            model.forward(input, position, LogitsMode::LastOnly, logits);
+        }
         ++position;
         if (on_logits) (*on_logits)(logits);
     }

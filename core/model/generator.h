@@ -26,6 +26,11 @@ struct GenerationConfig {
     std::vector<std::string> stop_strings;
     bool ignore_eos = false;  //!< keep going past EOS ids (benchmarks, golden continuations)
     SamplingConfig sampling;
+    //! Pick each token where the logits are (LlamaModel::forward_select: on the GPU only the id is downloaded).
+    //! false, or a logits callback, downloads every row and samples on the host instead. The CPU backend gives
+    //! the same tokens either way; the CUDA backend's sampled tokens come from its own Philox stream (greedy
+    //! tokens are the same on both paths).
+    bool select_on_backend = true;
 };
 
 struct GenerationResult {
@@ -42,7 +47,8 @@ using TextCallback = std::function<void(std::string_view)>;
 //! (when the context has room for it), so rows = 1 + generated tokens.
 using LogitsCallback = std::function<void(std::span<const float>)>;
 
-//! Runs one generation from an empty cache. prompt_ids must be non-empty and fit the context.
+//! Runs one generation from an empty cache. prompt_ids must be non-empty and fit the context. Under tensor
+//! parallelism every rank calls it with the same arguments (seed included) and produces the same tokens.
 GenerationResult generate(LlamaModel& model, const loaders::Tokenizer& tokenizer,
                           std::span<const std::int32_t> prompt_ids, const GenerationConfig& config,
                           const TextCallback& on_text, const LogitsCallback* on_logits = nullptr);

@@ -46,6 +46,7 @@ struct LlamaModel::Workspace {
     TensorView gate_up;    //!< [M][2 I] fused gate|up output
     TensorView logits;     //!< F32 [M][V_padded] this rank's vocabulary slice
     TensorView gathered;   //!< F32 [size][M][V_padded] every rank's slice (size > 1 only)
+    TensorView selection_row;  //!< F32 [V] the last position's complete logits row, which select_token reads
     std::vector<float> host_gathered;  //!< [size][M][V_padded] reordered into [M][V] on the host
     std::vector<std::int32_t> host_positions;  //!< [M]
 };
@@ -59,6 +60,11 @@ std::string format_gb(std::size_t bytes) {
 }
 
 std::string layer_prefix(std::int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+
+// Ops::run_step keys of the captured single-token steps: one that ends in logits, and one per selection variant
+// (TokenSelector::graph_variant) that ends in a selected id.
+constexpr int kLogitsStepKey = 1;
+constexpr int kSelectStepKey = 2;
 
 void validate_config(const ModelConfig& c) {
     Q4TP_CHECK(c.num_attention_heads % c.num_key_value_heads == 0,
@@ -143,6 +149,14 @@ LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, Weig
         ws_->gathered = ops_.allocate(DType::F32, Shape{parallel_.size, logit_rows, vocab_padded_});
         ws_->host_gathered.resize(static_cast<std::size_t>(parallel_.size * logit_rows * vocab_padded_));
     }
+    // Selection reads one complete row on every rank. The all-gather of a single row is already that row in
+    // vocabulary order: rank r's slice [r V/size, (r + 1) V/size) lands at offset r * V_padded, and V_padded is
+    // V / size exactly (checked above), so no stitching is needed on the device.
+    ws_->selection_row = (parallel_.size > 1 ? ws_->gathered : ws_->logits).reshaped(
+        Shape{ws_->logits.numel() * parallel_.size}).rows(0, config_.vocab_size);
+    // The selection history is the prompt plus one id per forward pass: at most the context plus the id picked
+    // from its last position.
+    selector_ = ops_.make_token_selector(config_.vocab_size, cache_.capacity() + 1);
     ws_->host_positions.resize(static_cast<std::size_t>(m));
     ops_.plan_attention(AttentionPlan{m, heads_local_, kv_heads_local_, d, cache_.capacity()});
     rope_for(0);
@@ -253,38 +267,63 @@ const RopeFrequencies& LlamaModel::rope_for(std::int64_t seq_len) {
 
 void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
                          std::vector<float>& logits, const HiddenObserver* observer) {
+    Q4TP_CHECK(mode == LogitsMode::LastOnly || runtime_.all_logits,
+               "logits of every position were requested but the model was planned without room for them");
+    const auto vocab = static_cast<std::size_t>(config_.vocab_size);
+    logits.resize(mode == LogitsMode::All ? vocab * tokens.size() : vocab);
+    run_chunks(tokens, past_len, mode, logits.data(), false, observer);
+}
+
+void LlamaModel::begin_selection(const SamplingConfig& config, std::span<const std::int32_t> history) {
+    selector_->reset(config, history);
+    selection_started_ = true;
+}
+
+std::int32_t LlamaModel::forward_select(std::span<const std::int32_t> tokens, std::int64_t past_len) {
+    Q4TP_CHECK(selection_started_, "forward_select() needs begin_selection() first (sampling options and history)");
+    run_chunks(tokens, past_len, LogitsMode::LastOnly, nullptr, true, nullptr);
+    selected_ = ops_.read_id(ws_->ids.rows(0, 1));
+    ids_hold_selected_ = true;
+    return selected_;
+}
+
+void LlamaModel::run_chunks(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
+                            float* logits_out, bool select, const HiddenObserver* observer) {
     const auto total = static_cast<std::int64_t>(tokens.size());
     Q4TP_CHECK(total > 0, "forward() needs at least one token");
     Q4TP_CHECK(past_len >= 0 && past_len + total <= cache_.capacity(),
                "sequence of " << past_len + total << " tokens exceeds the context of " << cache_.capacity()
                               << " tokens");
-    const auto vocab = static_cast<std::size_t>(config_.vocab_size);
-    Q4TP_CHECK(mode == LogitsMode::LastOnly || runtime_.all_logits,
-               "logits of every position were requested but the model was planned without room for them");
     for (const std::int32_t id : tokens) {
         // Checked here because the GPU embedding gather cannot report a bad id.
         Q4TP_CHECK(id >= 0 && id < config_.vocab_size, "token id " << id << " is outside the vocabulary of "
                                                                    << config_.vocab_size);
     }
-    logits.resize(mode == LogitsMode::All ? vocab * tokens.size() : vocab);
+    const auto vocab = static_cast<std::size_t>(config_.vocab_size);
     for (std::int64_t begin = 0; begin < total; begin += runtime_.max_batch_tokens) {
         const std::int64_t m = std::min(runtime_.max_batch_tokens, total - begin);
         const bool last_chunk = begin + m == total;
-        float* out = mode == LogitsMode::All ? logits.data() + static_cast<std::size_t>(begin) * vocab
-                                             : (last_chunk ? logits.data() : nullptr);
+        float* out = nullptr;
+        if (logits_out) {
+            out = mode == LogitsMode::All ? logits_out + static_cast<std::size_t>(begin) * vocab
+                                          : (last_chunk ? logits_out : nullptr);
+        }
         forward_chunk(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(m)),
-                      past_len + begin, mode, out, observer);
+                      past_len + begin, mode, out, select && last_chunk, observer);
     }
 }
 
 void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
-                               float* logits_out, const HiddenObserver* observer) {
+                               float* logits_out, bool select, const HiddenObserver* observer) {
     Workspace& ws = *ws_;
     const auto m = static_cast<std::int64_t>(tokens.size());
     for (std::int64_t i = 0; i < m; ++i) {
         ws.host_positions[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(past_len + i);
     }
-    ops_.upload_ids(tokens, ws.ids.rows(0, m));
+    // A decode step fed the id the previous step selected finds it in ws.ids already (select_token wrote it
+    // there): only its position crosses from the host.
+    if (!(m == 1 && ids_hold_selected_ && tokens[0] == selected_)) ops_.upload_ids(tokens, ws.ids.rows(0, m));
+    ids_hold_selected_ = false;
     ops_.upload_ids(std::span<const std::int32_t>(ws.host_positions.data(), static_cast<std::size_t>(m)),
                     ws.positions.rows(0, m));
     rope_for(past_len + m);
@@ -304,18 +343,20 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
         }
         ops_.rms_norm(x, final_norm_, static_cast<float>(config_.rms_norm_eps), normed);
         if (observer) (*observer)(config_.num_hidden_layers, normed);
-        if (!logits_out) return;
+        if (!logits_out && !select) return;
         ops_.lm_head(normed.rows(m - rows, rows), lm_head_, logits);
         if (parallel_.size > 1) {
             TensorView gathered = ws.gathered.reshaped(Shape{parallel_.size * ws.logits.shape[0], vocab_padded_})
                                       .rows(0, parallel_.size * rows);
             parallel_.comm->all_gather(logits, gathered, ops_.stream_handle());
         }
+        // The next step's input: embedding reads ws.ids, so a replayed step can consume it without the host.
+        if (select) ops_.select_token(*selector_, ws.selection_row, ws.ids.rows(0, 1));
     };
     // Single-token decode steps are replayed from a graph on backends that have them; token id and
     // position were uploaded into device memory above, so the captured step reads each step's values.
-    if (runtime_.use_graphs && m == 1 && logits_out && !observer) {
-        ops_.run_step(1, step);
+    if (runtime_.use_graphs && m == 1 && (logits_out || select) && !observer) {
+        ops_.run_step(select ? kSelectStepKey + selector_->graph_variant() : kLogitsStepKey, step);
     } else {
         step();
     }

@@ -68,6 +68,16 @@ public:
     void forward(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
                  std::vector<float>& logits, const HiddenObserver* observer = nullptr);
 
+    //! Starts a sequence of forward_select() calls: sampling options and seed (under tensor parallelism every
+    //! rank must pass the same, so that all ranks pick the same token), and the ids seen so far (the prompt)
+    //! for the repetition penalty. Copies into backend memory; allocates nothing.
+    void begin_selection(const SamplingConfig& config, std::span<const std::int32_t> history);
+    //! forward(tokens, past_len, LastOnly) that picks the next token from the last position's logits where they
+    //! are (Ops::select_token: on the GPU only the 4-byte id comes back) and adds it to the selection history.
+    //! The id is also left in the backend's input buffer, so passing it back as the next call's single token
+    //! uploads nothing. A single-token call runs as one captured step, selection included.
+    std::int32_t forward_select(std::span<const std::int32_t> tokens, std::int64_t past_len);
+
     const ModelConfig& config() const noexcept { return config_; }
     std::int64_t context_capacity() const noexcept { return cache_.capacity(); }
     std::size_t weight_bytes() const noexcept { return weight_bytes_; }
@@ -86,8 +96,12 @@ private:
     void add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x);
     //! Gives each part (views of [m][width]) its columns of a fused layer's output [m][sum of widths].
     void split_columns(TensorView fused, std::initializer_list<TensorView*> parts);
+    //! Checks tokens and positions, then runs them in chunks of max_batch_tokens; the last chunk writes logits
+    //! (when logits_out) or selects a token (when select).
+    void run_chunks(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode, float* logits_out,
+                    bool select, const HiddenObserver* observer);
     void forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
-                       float* logits_out, const HiddenObserver* observer);
+                       float* logits_out, bool select, const HiddenObserver* observer);
     void decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len);
     const RopeFrequencies& rope_for(std::int64_t seq_len);
 
@@ -107,6 +121,11 @@ private:
     std::vector<Layer> layers_;
     KvCache cache_;
     std::unique_ptr<Workspace> ws_;
+    std::unique_ptr<TokenSelector> selector_;  //!< forward_select()'s options, RNG and history in backend memory
+    bool selection_started_ = false;           //!< begin_selection() was called
+    //! ws.ids[0] holds selected_, written there by the last forward_select() (and not overwritten since).
+    bool ids_hold_selected_ = false;
+    std::int32_t selected_ = -1;
     RopeFrequencies rope_;
     std::int64_t rope_seq_len_ = -1;  //!< sequence length rope_ was computed for (dynamic NTK only)
     std::size_t weight_bytes_ = 0;

@@ -19,6 +19,8 @@ struct GptqLinear;
 
 namespace q4tp::model {
 
+struct SamplingConfig;
+
 //! A quantized linear layer in the backend's own representation (dequantized float32 on the CPU,
 //! repacked int4 on the GPU). y[m][n] = x[m][k] . W[k][n] (+ bias).
 class LinearWeights {
@@ -82,6 +84,20 @@ struct AttentionPlan {
     std::int64_t capacity = 0;  //!< KV cache rows
 };
 
+//! One sequence's token-selection state in backend memory (Ops::make_token_selector): the sampling options, the
+//! seed, the RNG position and the repetition-penalty history, so that Ops::select_token needs nothing from the
+//! host and can run inside a captured decode step.
+class TokenSelector {
+public:
+    virtual ~TokenSelector() = default;
+    //! Starts a sequence: options and seed from `config` (validated), history = the ids seen so far (the
+    //! prompt), each in [0, vocab). Host-to-backend copies, so not capturable: once per request.
+    virtual void reset(const SamplingConfig& config, std::span<const std::int32_t> history) = 0;
+    //! Steps that call select_token are captured per variant: what a graph fixes at capture (greedy argmax or
+    //! sampling, the history window) differs between variants, everything else is read from backend memory.
+    virtual int graph_variant() const = 0;
+};
+
 class Ops {
 public:
     virtual ~Ops() = default;
@@ -141,6 +157,18 @@ public:
     virtual void add(TensorView x, TensorView y) = 0;
     //! logits [m][V] (F32) = x [m][H] . weight[V][H]^T
     virtual void lm_head(TensorView x, TensorView weight, TensorView logits) = 0;
+
+    // ---- token selection ----
+    //! Selection state for rows of `vocab` logits and up to `max_history` ids of history (prompt and generated):
+    //! load/plan time only (it allocates). Call reset() before the first select_token().
+    virtual std::unique_ptr<TokenSelector> make_token_selector(std::int64_t vocab, std::int64_t max_history) = 0;
+    //! out (I32 [1]) = the token `selector` picks from logits (F32 [V]) with core/model/sampling.h's semantics
+    //! (the repetition penalty rewrites logits in place); the token joins the selector's history and its RNG
+    //! advances. Queued like any op, so a captured step may include it. The CPU backend runs the host Sampler
+    //! itself (the same tokens as sampling downloaded rows); the CUDA backend's Philox stream differs from it.
+    virtual void select_token(TokenSelector& selector, TensorView logits, TensorView out) = 0;
+    //! Waits for queued work and returns the I32 at `id` (one 4-byte download on the GPU).
+    virtual std::int32_t read_id(TensorView id) = 0;
 };
 
 }  // namespace q4tp::model

@@ -70,6 +70,14 @@ std::int32_t argmax(std::span<const float> logits) {
     return static_cast<std::int32_t>(best);
 }
 
+void check_history(std::span<const std::int32_t> history, std::int64_t vocab) {
+    for (std::size_t i = 0; i < history.size(); ++i) {
+        Q4TP_CHECK(history[i] >= 0 && history[i] < vocab, "sampler: history token id "
+                                                              << history[i] << " at position " << i
+                                                              << " is outside the vocabulary [0, " << vocab << ")");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Sampler
 // ---------------------------------------------------------------------------------------------------------

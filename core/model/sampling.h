@@ -39,6 +39,10 @@ struct SamplingConfig {
 //! Index of the largest logit, ties to the lowest index. Throws on an empty span or a NaN logit.
 std::int32_t argmax(std::span<const float> logits);
 
+//! Throws q4tp::Error naming the first history id outside [0, vocab) and its position (the check the Sampler
+//! makes on its penalty window, for selectors that cannot report a bad id from the device).
+void check_history(std::span<const std::int32_t> history, std::int64_t vocab);
+
 //! Draws one token per call from a logits row. Not thread-safe; one Sampler per sequence.
 class Sampler {
    public:

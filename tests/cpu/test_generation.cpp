@@ -1,6 +1,10 @@
-// The generation loop on a real (tiny) model: stop conditions, streaming, seeds, recorded logits.
+// The generation loop on a real (tiny) model: stop conditions, streaming, seeds, recorded logits, and token
+// selection on the backend (LlamaModel::forward_select) against sampling downloaded rows on the host.
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <utility>
 
 #include "core/base/error.h"
 #include "core/model/generator.h"
@@ -124,6 +128,103 @@ TEST_F(GenerationTest, RecordsOneLogitsRowPerStepPlusThePrompt) {
     // Greedy: each token is the argmax of the row before it.
     for (std::size_t i = 0; i < result.tokens.size(); ++i) {
         EXPECT_EQ(model::argmax(rows[i]), result.tokens[i]);
+    }
+}
+
+// A flat distribution with every processor active, so that the draw, the cuts and the penalty window all matter.
+model::GenerationConfig sampled(std::uint64_t seed, double penalty, std::int32_t last_n) {
+    model::GenerationConfig config;
+    config.max_new_tokens = 40;
+    config.ignore_eos = true;
+    config.sampling.temperature = 1.3;
+    config.sampling.top_k = 50;
+    config.sampling.top_p = 0.9;
+    config.sampling.min_p = 0.02;
+    config.sampling.repetition_penalty = penalty;
+    config.sampling.repetition_last_n = last_n;
+    config.sampling.seed = seed;
+    return config;
+}
+
+TEST_F(GenerationTest, BackendSelectionEqualsHostSampling_Greedy) {
+    auto config = greedy(30);
+    const auto on_backend = run(config);
+    config.select_on_backend = false;
+    const auto on_host = run(config);
+    ASSERT_EQ(on_backend.tokens.size(), 30u);
+    EXPECT_EQ(on_backend.tokens, on_host.tokens);
+    EXPECT_EQ(on_backend.text, on_host.text);
+}
+
+TEST_F(GenerationTest, BackendSelectionEqualsHostSampling_Sampled) {
+    // The CPU backend selects with the host Sampler itself: the same seeded stream, penalty window and cuts.
+    for (const auto& [penalty, last_n] : {std::pair{1.0, 64}, std::pair{1.5, 6}, std::pair{2.0, 0}}) {
+        auto config = sampled(20240611, penalty, last_n);
+        const auto on_backend = run(config);
+        config.select_on_backend = false;
+        const auto on_host = run(config);
+        EXPECT_EQ(on_backend.tokens, on_host.tokens) << "penalty " << penalty << " last_n " << last_n;
+    }
+}
+
+TEST_F(GenerationTest, BackendSelectionFollowsThePenaltyAndTheSeed) {
+    // Guards against the two paths agreeing by both ignoring an option: the penalty and the seed change tokens.
+    const auto plain = run(sampled(7, 1.0, 0));
+    EXPECT_NE(run(sampled(8, 1.0, 0)).tokens, plain.tokens);
+    auto strong = greedy(30);
+    strong.sampling.repetition_penalty = 50.0;
+    strong.sampling.repetition_last_n = 0;
+    const auto penalized = run(strong);
+    EXPECT_NE(penalized.tokens, run(greedy(30)).tokens);
+    // A penalty of 50 over the whole history leaves no id room to repeat while fresh ones remain.
+    std::vector<std::int32_t> seen = prompt();
+    for (const std::int32_t token : penalized.tokens) {
+        EXPECT_EQ(std::find(seen.begin(), seen.end(), token), seen.end()) << "token " << token << " repeated";
+        seen.push_back(token);
+    }
+}
+
+// Chunked prefill (2 tokens per pass) selects from the last chunk; each decode step's id, left in the backend's
+// input buffer, is used as the next input, and a different id passed instead is not overridden by it.
+TEST(GenerationSelectTest, ForwardSelectEqualsArgmaxOfForward_ChunkedPrompt) {
+    CpuFixture chunked(fixtures_dir() / "tiny-g128-sym", 2, 64), whole(fixtures_dir() / "tiny-g128-sym", 16, 64);
+    const std::vector<std::int32_t> prompt = whole.tokenizer->encode("Once upon a time there", true);
+    ASSERT_GT(prompt.size(), 4u);
+    model::SamplingConfig greedy;
+    greedy.temperature = 0.0;
+    chunked.model->begin_selection(greedy, prompt);
+    std::vector<float> logits;
+    whole.model->forward(prompt, 0, model::LogitsMode::LastOnly, logits);
+    std::int32_t token = chunked.model->forward_select(prompt, 0);
+    EXPECT_EQ(token, model::argmax(logits));
+    auto position = static_cast<std::int64_t>(prompt.size());
+    for (int step = 0; step < 8; ++step, ++position) {
+        // Every other step feeds an id other than the selected one.
+        const auto vocab = static_cast<std::int32_t>(whole.config.vocab_size);
+        const std::int32_t input = step % 2 == 0 ? token : (token + 1) % vocab;
+        whole.model->forward(std::span<const std::int32_t>(&input, 1), position, model::LogitsMode::LastOnly, logits);
+        token = chunked.model->forward_select(std::span<const std::int32_t>(&input, 1), position);
+        ASSERT_EQ(token, model::argmax(logits)) << "step " << step;
+    }
+}
+
+TEST(GenerationSelectTest, RefusesSelectionWithoutOptionsAndBadHistoryIds) {
+    CpuFixture fx(fixtures_dir() / "tiny-g128-sym", 16, 64);
+    const std::vector<std::int32_t> prompt = fx.tokenizer->encode("Once upon a time", true);
+    try {
+        (void)fx.model->forward_select(prompt, 0);
+        FAIL() << "no error";
+    } catch (const Error& e) {
+        EXPECT_NE(e.message().find("begin_selection"), std::string::npos) << e.message();
+    }
+    std::vector<std::int32_t> history = prompt;
+    history.push_back(static_cast<std::int32_t>(fx.config.vocab_size));
+    try {
+        fx.model->begin_selection(model::SamplingConfig{}, history);
+        FAIL() << "no error";
+    } catch (const Error& e) {
+        EXPECT_NE(e.message().find("history token id " + std::to_string(fx.config.vocab_size)), std::string::npos)
+            << e.message();
     }
 }
 
