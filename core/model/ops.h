@@ -66,6 +66,8 @@ struct SyntheticLinearSpec {
     std::int64_t k = 0, n = 0;
     std::int64_t group_size = 128;  //!< -1 = one group
     bool act_order = false;         //!< a random permutation of rows as act-order checkpoints have
+    float scale = 0.01f;            //!< every group scale, perturbed by +-25%
+    std::uint64_t seed = 0;
     //! Row shard of a larger layer (tensor parallelism): its K rows start at row `row_begin` of `full_k`. With
     //! act_order the CUDA backend then lays the shard out as a real checkpoint's shard would be (groups padded to
     //! whole k-blocks, kernels/cuda/gptq_prepare.h), from a permutation drawn with `layout_seed`, the same on
@@ -73,8 +75,6 @@ struct SyntheticLinearSpec {
     std::int64_t full_k = 0;
     std::int64_t row_begin = 0;
     std::uint64_t layout_seed = 0;
-    float scale = 0.01f;            //!< every group scale, perturbed by +-25%
-    std::uint64_t seed = 0;
 };
 
 //! The largest attention calls a model will make, so the backend can size its scratch at plan time.
