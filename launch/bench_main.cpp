@@ -57,16 +57,16 @@ std::vector<std::int32_t> random_tokens(std::int64_t count, std::int64_t vocab, 
 }
 
 // Tokens per second of `steps` greedy decode steps after prefilling `prompt`.
+// Greedy decoding the way q4tp-generate runs it: the token is chosen on the backend inside the captured step and
+// fed to the next one; the host reads back only the id.
 double decode_speed(model::LlamaModel& llama, const std::vector<std::int32_t>& prompt, std::int64_t steps) {
-    std::vector<float> logits;
-    llama.forward(prompt, 0, model::LogitsMode::LastOnly, logits);
+    model::SamplingConfig greedy;
+    greedy.temperature = 0.0;
+    llama.begin_selection(greedy, prompt);
     auto position = static_cast<std::int64_t>(prompt.size());
-    std::int32_t token = model::argmax(logits);
+    std::int32_t token = llama.forward_select(prompt, 0);
     const auto start = Clock::now();
-    for (std::int64_t i = 0; i < steps; ++i) {
-        llama.forward(std::span<const std::int32_t>(&token, 1), position++, model::LogitsMode::LastOnly, logits);
-        token = model::argmax(logits);
-    }
+    for (std::int64_t i = 0; i < steps; ++i) token = llama.forward_select(std::span<const std::int32_t>(&token, 1), position++);
     return static_cast<double>(steps) / seconds_since(start);
 }
 

@@ -94,13 +94,13 @@ int generate(int argc, char** argv) {
     sampling.min_p = min_p;
     sampling.repetition_penalty = repeat_penalty;
     sampling.repetition_last_n = static_cast<std::int32_t>(repeat_last_n);
-    sampling.seed = seed >= 0 ? static_cast<std::uint64_t>(seed) : std::random_device{}();
-    sampling.validate();
-    if (seed < 0 && !sampling.greedy()) Q4TP_LOG_INFO("seed " << sampling.seed);
-
     session.model_dir = model_dir;
     session.device = parse_device(device);
     Job job;
+    // Under mpirun every rank samples for itself, so a random seed is drawn once (rank 0) and shared.
+    sampling.seed = job.root_value(seed >= 0 ? static_cast<std::uint64_t>(seed) : std::random_device{}());
+    sampling.validate();
+    if (seed < 0 && !sampling.greedy() && job.is_root()) Q4TP_LOG_INFO("seed " << sampling.seed);
     ModelSession run(session, job);
     // Every rank runs the same generation (same logits, same seeded sampler); rank 0 prints it.
     const bool print = job.is_root();

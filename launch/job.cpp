@@ -67,6 +67,11 @@ std::unique_ptr<model::Ops> Job::make_backend(DeviceChoice choice) {
     return ops;
 }
 
+std::uint64_t Job::root_value(std::uint64_t value) const {
+    if (size_ > 1) session_->broadcast_bytes(&value, sizeof(value), 0);
+    return value;
+}
+
 model::ParallelContext Job::parallel() const { return model::ParallelContext{rank_, size_, comm_.get()}; }
 
 void Job::fail(const std::exception& error) noexcept {

@@ -41,6 +41,10 @@ public:
     //! The communicator of a job of size > 1 (nullptr otherwise).
     parallel::Communicator* communicator() const noexcept { return comm_.get(); }
 
+    //! Rank 0's value on every rank (a collective: every rank calls it), e.g. a random seed that all ranks must share
+    //! so that they sample the same tokens.
+    std::uint64_t root_value(std::uint64_t value) const;
+
     //! The job of this process, if one was created (run_tool uses it to end every rank on an error).
     static Job* current() noexcept;
     //! Logs the reason naming this rank, aborts the communicator and the MPI job; returns only at size 1.
