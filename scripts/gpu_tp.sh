@@ -27,13 +27,21 @@ awk '/Failure|FAILED  \]/ {print; n++} n >= 12 {exit}' "$out/tests.log"
 grep -E "\[ ppl|\[ tp|\[ cuda" "$out/tests.log" | sort | uniq | head -20
 [ "$tests_only" = 1 ] && exit $status
 mpirun_np=(mpirun --allow-run-as-root -np "$gpus" -x NCCL_NVLS_ENABLE)
+# Each run's table goes to $out/bench.txt (one file: the device returns at most 8).
+bench() {  # label, command...
+  local label=$1; shift
+  { echo "=== $label"; "$@" 2>&1; } > /tmp/bench-run.txt
+  local rc=$?
+  cat /tmp/bench-run.txt >> "$out/bench.txt"
+  grep -E "gen best|memory|all-reduce" /tmp/bench-run.txt | sed "s/^/$label: /"
+  return $rc
+}
 for model in "${models[@]}"; do
-  build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 --json "$out/scaling.jsonl" --log-level warn \
-    > "$out/bench-$model-tp1.txt" 2>&1 || { status=1; tail -3 "$out/bench-$model-tp1.txt"; }
+  bench "$model TP=1" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 --json "$out/scaling.jsonl" \
+    --log-level warn || { status=1; tail -3 /tmp/bench-run.txt; }
   if [ "$gpus" -ge 2 ]; then
-    "${mpirun_np[@]}" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 \
-      --json "$out/scaling.jsonl" --log-level warn > "$out/bench-$model-tp$gpus.txt" 2>&1 ||
-      { status=1; tail -5 "$out/bench-$model-tp$gpus.txt"; }
+    bench "$model TP=$gpus" "${mpirun_np[@]}" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 \
+      --json "$out/scaling.jsonl" --log-level warn || { status=1; tail -5 /tmp/bench-run.txt; }
   fi
 done
 head -1 "$out/cards.txt"
@@ -41,11 +49,11 @@ python3 - "$out/scaling.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 base = {r['model']: r for r in rows if r['tp'] == 1}
-print(f"{'model':22} {'TP':>2} {'prompt t/s':>10} {'best t/s':>9} {'worst t/s':>9} {'speedup':>7} {'eff':>5} {'AR us/tok':>9} {'GB/GPU':>7}")
+print(f"{'model':22} {'TP':>2} {'prompt t/s':>10} {'best t/s':>9} {'worst t/s':>9} {'speedup':>7} {'eff':>5} {'AR us/tok':>9} {'GB/GPU':>7} {'engine':>7}")
 for r in rows:
     b = base.get(r['model'])
     sp = r['best_tps'] / b['best_tps'] if b else float('nan')
     print(f"{r['model']:22} {r['tp']:2d} {r['prompt_tps']:10.0f} {r['best_tps']:9.1f} {r['worst_tps']:9.1f} {sp:7.2f} "
-          f"{100*sp/r['tp']:4.0f}% {r.get('allreduce_us_per_token', 0):9.0f} {r['device_used_gb']:7.2f}")
+          f"{100*sp/r['tp']:4.0f}% {r.get('allreduce_us_per_token', 0):9.0f} {r['device_used_gb']:7.2f} {r.get('engine_gb', 0):7.2f}")
 PY
 exit $status
