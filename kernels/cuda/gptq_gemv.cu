@@ -23,8 +23,8 @@
 //
 // Variants: one kernel template per m (1..8), chosen by the single switch in gptq_gemv. Group sizes are runtime
 // (any multiple of 32, or K), act-order is the perm pointer (nullptr = rows already in order). Padded layouts (row
-// shards of act-order layers, gptq_prepare.h step 5) add a per-block group table: the fetch then reads block b + 1's
-// entry while issuing block b's loads, so the scale load never waits on the table; filler rows (perm -1) stage x = 0.
+// shards of act-order layers, gptq_prepare.h step 5) add a per-block group table: each slot reads the entry of its next
+// block a whole round ahead, so the scale load never waits on the table; filler rows (perm -1) stage x = 0.
 #include <algorithm>
 #include <cstdint>
 
@@ -178,20 +178,24 @@ __global__ void Q4TP_GPTQ_GEMV_BOUNDS gptq_gemv_kernel(const GemvArgs a) {
     const bool table = a.block_groups != nullptr;
     int fetch_group = table ? 0 : blk0 / a.group_blocks;
     int fetch_in_group = table ? 0 : blk0 - fetch_group * a.group_blocks;
-    std::int32_t next_entry = table && nblk > 0 ? __ldg(a.block_groups + blk0) : 0;
     unsigned int ends = 0u;
     uint4 wq[kBlocksInFlight];
     uint2 sc[kBlocksInFlight];
     std::uint32_t zw[kBlocksInFlight];  // raw word: lane group g's 4 zero points are its half 16 (g & 1)
+    // Padded layouts: entry[u] is the table entry of the block slot u fetches next, loaded one whole round (8
+    // blocks) before its scale and zero loads need it, so the table's latency never stalls the stream.
+    std::int32_t entry[kBlocksInFlight];
+#pragma unroll
+    for (int u = 0; u < kBlocksInFlight; ++u) entry[u] = table && u < nblk ? __ldg(a.block_groups + blk0 + u) : 0;
     // Issues the loads of slice block `b` into slot u (u == b % kBlocksInFlight).
     const auto fetch = [&](int u, int b) {
         const bool pred = has_tile && b < nblk;
         int group = fetch_group;
         bool last = false;
         if (table) {
-            group = next_entry & ~kGptqLastBlockOfGroup;
-            last = next_entry < 0;
-            if (b + 1 < nblk) next_entry = __ldg(a.block_groups + blk0 + b + 1);
+            group = entry[u] & ~kGptqLastBlockOfGroup;
+            last = entry[u] < 0;
+            entry[u] = b + kBlocksInFlight < nblk ? __ldg(a.block_groups + blk0 + b + kBlocksInFlight) : 0;
         } else {
             last = ++fetch_in_group == a.group_blocks;
             if (last) {
@@ -450,9 +454,12 @@ void check_weights(const GptqWeights& w, const char* what) {
     Q4TP_CHECK(k_rows >= w.k && k_rows % kBlockK == 0 && k_rows <= (std::int64_t{1} << 30),
                what << ": K_rows = " << w.k_rows << " for K = " << w.k << ", expected a multiple of " << kBlockK
                     << " >= K");
-    Q4TP_CHECK((w.block_groups == nullptr) == (k_rows == w.k) && (w.block_groups == nullptr || w.perm != nullptr),
-               what << ": a padded layout (K_rows " << k_rows << " > K " << w.k
-                    << ") needs both block_groups and perm, an unpadded one no block_groups");
+    // A block-group table may come with K_rows == K (every group present happened to fill whole blocks), but
+    // filler rows exist only with a table, and a table only with the permutation that places the rows.
+    Q4TP_CHECK((k_rows == w.k || w.block_groups != nullptr) && (w.block_groups == nullptr || w.perm != nullptr),
+               what << ": K_rows " << k_rows << ", K " << w.k << ", block_groups "
+                    << static_cast<const void*>(w.block_groups) << ", perm " << static_cast<const void*>(w.perm)
+                    << ": filler rows need a block-group table, and a table needs the row permutation");
 }
 
 template <int M>

@@ -369,6 +369,15 @@ TEST(GptqGemvArgsTest, Throws_BadArguments) {
     p.weights.scales = reinterpret_cast<const __half*>(halves + 1);
     expect_throw(p, "8-byte aligned");
     p = good;
+    p.weights.k_rows = 4128;  // filler rows without a block-group table
+    expect_throw(p, "filler rows need a block-group table");
+    p.weights.k_rows = 4100;
+    expect_throw(p, "K_rows = 4100");
+    p = good;
+    static const std::int32_t table[128] = {};
+    p.weights.block_groups = table;  // a table without the permutation that places the rows
+    expect_throw(p, "a table needs the row permutation");
+    p = good;
     p.x = nullptr;
     expect_throw(p, "x ");
     p = good;
