@@ -1,6 +1,7 @@
 #include "launch/job.h"
 
 #include <cstdlib>
+#include <string>
 
 #include "core/base/error.h"
 #include "core/base/logging.h"
@@ -9,6 +10,7 @@
 #include "kernels/cuda/device_info.h"
 #include "launch/cli.h"
 #include "parallel/failure.h"
+#include "parallel/ipc_all_reduce.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_session.h"
 #include "parallel/nccl_communicator.h"
@@ -16,6 +18,8 @@
 namespace q4tp::launch {
 namespace {
 Job* g_job = nullptr;
+// Rows the one-shot all-reduce takes per call: decode steps (one token per sequence); prefill chunks use NCCL.
+constexpr std::int64_t kFusedAllReduceTokens = 8;
 
 // mpirun (Open MPI) and PMIx launchers export these; a plain process has none of them.
 bool launched_by_mpirun() {
@@ -45,6 +49,7 @@ Job::Job() {
 }
 
 Job::~Job() {
+    fused_all_reduce_.reset();  // its buffers are mapped by the peers: freed while CUDA and MPI are still up
     comm_.reset();
     if (g_job == this) g_job = nullptr;
 }
@@ -59,6 +64,7 @@ std::unique_ptr<model::Ops> Job::make_backend(DeviceChoice choice) {
     if (cuda) {
         if (session_) parallel::select_device(local_rank_);
         ops = std::make_unique<model::CudaOps>();
+        cuda_ = true;
         if (size_ > 1) comm_ = std::make_unique<parallel::NcclCommunicator>(*session_);
     } else {
         ops = std::make_unique<model::CpuOps>();
@@ -72,7 +78,23 @@ std::uint64_t Job::root_value(std::uint64_t value) const {
     return value;
 }
 
-model::ParallelContext Job::parallel() const { return model::ParallelContext{rank_, size_, comm_.get()}; }
+model::ParallelContext Job::parallel(std::int64_t hidden_size) {
+    if (cuda_ && size_ > 1 && !fused_all_reduce_tried_) {
+        fused_all_reduce_tried_ = true;
+        const char* env = std::getenv("Q4TP_CUSTOM_ALL_REDUCE");
+        if (env != nullptr && std::string(env) == "0") {
+            Q4TP_LOG_INFO("Q4TP_CUSTOM_ALL_REDUCE=0: every all-reduce goes through NCCL");
+        } else {
+            parallel::IpcAllReduceOptions options;
+            options.hidden = hidden_size;
+            options.max_tokens = kFusedAllReduceTokens;
+            std::string why;
+            fused_all_reduce_ = parallel::IpcAllReduce::create(*session_, options, &why);
+            if (!fused_all_reduce_) Q4TP_LOG_INFO("one-shot all-reduce unavailable (" << why << "): NCCL only");
+        }
+    }
+    return model::ParallelContext{rank_, size_, comm_.get(), fused_all_reduce_.get()};
+}
 
 void Job::fail(const std::exception& error) noexcept {
     if (size_ > 1) parallel::fail_job(error, comm_.get(), session_.get());

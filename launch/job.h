@@ -14,6 +14,7 @@
 namespace q4tp::parallel {
 class MpiSession;
 class Communicator;
+class IpcAllReduce;
 }  // namespace q4tp::parallel
 
 namespace q4tp::launch {
@@ -37,7 +38,10 @@ public:
     //! The backend for this rank (CUDA on the node-local GPU when asked or available) and, at size > 1, the
     //! communicator that matches it. Call once.
     std::unique_ptr<model::Ops> make_backend(DeviceChoice choice);
-    model::ParallelContext parallel() const;
+    //! This rank's place in the job for a model of this hidden size. CUDA jobs of several ranks on one node also
+    //! get the one-shot all-reduce (parallel/ipc_all_reduce.h), set up on the first call: a collective, so every
+    //! rank calls this at the same point. Q4TP_CUSTOM_ALL_REDUCE=0 keeps NCCL for everything.
+    model::ParallelContext parallel(std::int64_t hidden_size);
     //! The communicator of a job of size > 1 (nullptr otherwise).
     parallel::Communicator* communicator() const noexcept { return comm_.get(); }
 
@@ -53,6 +57,9 @@ public:
 private:
     std::unique_ptr<parallel::MpiSession> session_;
     std::unique_ptr<parallel::Communicator> comm_;
+    std::unique_ptr<parallel::IpcAllReduce> fused_all_reduce_;
+    bool cuda_ = false;
+    bool fused_all_reduce_tried_ = false;
     int rank_ = 0;
     int size_ = 1;
     int local_rank_ = 0;

@@ -36,7 +36,7 @@ ModelSession::ModelSession(const SessionOptions& options, Job& job) {
                              << (job.size() > 1 ? ", tensor-parallel over " + std::to_string(job.size()) + " ranks"
                                                 : std::string()));
     model::CheckpointWeights weights(checkpoint, quant_);
-    model_ = std::make_unique<model::LlamaModel>(config_, quant_, weights, *ops_, runtime, job.parallel());
+    model_ = std::make_unique<model::LlamaModel>(config_, quant_, weights, *ops_, runtime, job.parallel(config_.hidden_size));
 }
 
 ModelSession::~ModelSession() = default;

@@ -17,6 +17,7 @@
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/fused_all_reduce.h"
 #include "kernels/cuda/gptq_gemv.h"
 #include "kernels/cuda/gptq_prepare.h"
 #include "kernels/cuda/lm_head.h"
@@ -25,6 +26,7 @@
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
 #include "loaders/gptq.h"
+#include "parallel/ipc_all_reduce.h"
 
 namespace q4tp::model {
 namespace {
@@ -449,6 +451,39 @@ void CudaOps::run_linear(const LinearWeights& weights, TensorView x, TensorView 
                                    static_cast<int>(w.n_padded_), half_ptr(x), CUDA_R_16F, static_cast<int>(w.k()),
                                    &beta, half_ptr(y), CUDA_R_16F, static_cast<int>(w.n()), CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));
+}
+
+bool CudaOps::all_reduce_add_rms_norm(parallel::IpcAllReduce* group, TensorView partial, TensorView x, TensorView gain,
+                                      float eps, TensorView out) {
+    if (group == nullptr) return false;
+    const std::int64_t m = outer_rows(x);
+    if (m > group->max_tokens() || last_dim(x) != group->hidden()) return false;
+    expect_device(partial, DType::F16, "all-reduce partial");
+    expect_device(x, DType::F16, "residual");
+    expect_device(gain, DType::F16, "norm weight");
+    expect_device(out, DType::F16, "norm output");
+    Q4TP_CHECK(partial.numel() == x.numel() && out.numel() == x.numel() && gain.numel() == last_dim(x),
+               "cuda backend: fused all-reduce + rms_norm got partial " << partial.shape.str() << ", x "
+                                                                        << x.shape.str() << ", gain "
+                                                                        << gain.shape.str() << ", out "
+                                                                        << out.shape.str());
+    kc::LamportGroup g;
+    g.peer_buffers = group->peer_table();
+    g.state = group->state();
+    g.rank = group->rank();
+    g.ranks = group->size();
+    g.max_tokens = group->max_tokens();
+    g.hidden = group->hidden();
+    g.timeout_ns = group->timeout_ns();
+    kc::LamportAddRmsNormParams p;
+    p.partial = half_ptr(partial);
+    p.residual = half_ptr(x);
+    p.gain = half_ptr(gain);
+    p.eps = eps;
+    p.out = half_ptr(out);
+    p.m = m;
+    kc::lamport_all_reduce_add_rms_norm(g, p, stream_.get());
+    return true;
 }
 
 void CudaOps::rope_and_cache(const CacheWrite& args) {

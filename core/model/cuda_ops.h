@@ -49,6 +49,9 @@ public:
     void silu_mul(TensorView gate, TensorView up, TensorView out) override;
     void add(TensorView x, TensorView y) override;
     void lm_head(TensorView x, TensorView weight, TensorView logits) override;
+    //! The Lamport one-shot all-reduce fused with the residual add and RMSNorm (kernels/cuda/fused_all_reduce.h).
+    bool all_reduce_add_rms_norm(parallel::IpcAllReduce* group, TensorView partial, TensorView x, TensorView gain,
+                                 float eps, TensorView out) override;
 
     //! Device-resident options, Philox key and step, and a repetition-penalty ring of max_history ids.
     std::unique_ptr<TokenSelector> make_token_selector(std::int64_t vocab, std::int64_t max_history) override;

@@ -337,11 +337,15 @@ void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_
     auto step = [&] {
         ops_.embedding(embed_tokens_, ws.ids.rows(0, m), x);
         if (observer) (*observer)(-1, x);
+        // Each block ends with the next block's input norm (the final norm after the last), so that under TP it
+        // joins the all-reduce and the residual add (add_row_parallel).
+        ops_.rms_norm(x, layers_.empty() ? final_norm_ : layers_.front().input_norm,
+                      static_cast<float>(config_.rms_norm_eps), normed);
         for (std::size_t i = 0; i < layers_.size(); ++i) {
-            decoder_layer(layers_[i], static_cast<std::int64_t>(i), m, past_len);
+            const TensorView next_gain = i + 1 < layers_.size() ? layers_[i + 1].input_norm : final_norm_;
+            decoder_layer(layers_[i], static_cast<std::int64_t>(i), m, past_len, next_gain);
             if (observer) (*observer)(static_cast<std::int64_t>(i), x);
         }
-        ops_.rms_norm(x, final_norm_, static_cast<float>(config_.rms_norm_eps), normed);
         if (observer) (*observer)(config_.num_hidden_layers, normed);
         if (!logits_out && !select) return;
         ops_.lm_head(normed.rows(m - rows, rows), lm_head_, logits);
@@ -399,21 +403,26 @@ void LlamaModel::split_columns(TensorView fused, std::initializer_list<TensorVie
     }
 }
 
-void LlamaModel::add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x) {
+void LlamaModel::add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x, TensorView gain,
+                                  TensorView h) {
+    const auto eps = static_cast<float>(config_.rms_norm_eps);
     if (parallel_.size == 1) {
         ops_.linear_add(weights, input, x);  // the residual add fused into the GEMV epilogue
+        ops_.rms_norm(x, gain, eps, h);
         return;
     }
     // Each rank holds a slice of K: its product is partial until summed over the ranks.
     TensorView partial = ws_->proj.rows(0, x.shape[0]);
     ops_.linear(weights, input, partial);
+    if (ops_.all_reduce_add_rms_norm(parallel_.fused_all_reduce, partial, x, gain, eps, h)) return;
     parallel_.comm->all_reduce_sum(partial, ops_.stream_handle());
     ops_.add(x, partial);
+    ops_.rms_norm(x, gain, eps, h);
 }
 
-void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len) {
+void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len,
+                               TensorView next_gain) {
     Workspace& ws = *ws_;
-    const auto eps = static_cast<float>(config_.rms_norm_eps);
     const std::int64_t nh = heads_local_;
     const std::int64_t nkv = kv_heads_local_;
     const std::int64_t d = config_.head_dim;
@@ -421,8 +430,7 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     TensorView h = ws.h.rows(0, m);
     TensorView positions = ws.positions.rows(0, m);
 
-    // Attention block: x += o_proj(attention(rope(q), rope(k), v)) on rms_norm(x).
-    ops_.rms_norm(x, layer.input_norm, eps, h);
+    // Attention block: x += o_proj(attention(rope(q), rope(k), v)) on h = rms_norm(x) (made by the block before).
     TensorView q = ws.q.rows(0, m);
     TensorView k = ws.k.rows(0, m);
     TensorView v = ws.v.rows(0, m);
@@ -441,10 +449,9 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
     TensorView attn = ws.attn.rows(0, m);
     ops_.attention(AttentionArgs{q_heads, cache_.keys(index), cache_.values(index), past_len, positions,
                                  attn.reshaped(Shape{m, nh, d})});
-    add_row_parallel(*layer.o_proj, attn, x);
+    add_row_parallel(*layer.o_proj, attn, x, layer.post_norm, h);
 
-    // MLP block: x += down(silu(gate(u)) * up(u)), u = rms_norm(x).
-    ops_.rms_norm(x, layer.post_norm, eps, h);
+    // MLP block: x += down(silu(gate(h)) * up(h)), h = rms_norm(x) (made with the add above); then the next norm.
     TensorView gate = ws.gate.rows(0, m);
     TensorView up = ws.up.rows(0, m);
     TensorView act = ws.act.rows(0, m);
@@ -457,7 +464,7 @@ void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int6
         ops_.linear(*layer.up_proj, h, up);
     }
     ops_.silu_mul(gate, up, act);
-    add_row_parallel(*layer.down_proj, act, x);
+    add_row_parallel(*layer.down_proj, act, x, next_gain, h);
 }
 
 }  // namespace q4tp::model

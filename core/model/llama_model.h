@@ -37,6 +37,7 @@ enum class LogitsMode { LastOnly, All };
 
 namespace q4tp::parallel {
 class Communicator;
+class IpcAllReduce;
 }
 
 namespace q4tp::model {
@@ -47,6 +48,9 @@ struct ParallelContext {
     int rank = 0;
     int size = 1;
     parallel::Communicator* comm = nullptr;
+    //! Optional (CUDA ranks of one node): the one-shot all-reduce that Ops::all_reduce_add_rms_norm fuses with the
+    //! residual add and the next RMSNorm for decode-sized steps; everything else goes through comm.
+    parallel::IpcAllReduce* fused_all_reduce = nullptr;
 };
 
 //! Called during forward() with each stage's hidden state [m][H] in backend memory: stage -1 is the
@@ -93,7 +97,11 @@ private:
 
     void load_weights(WeightSource& weights, const QuantConfig& quant);
     //! x += input . W for a row-parallel layer (o_proj, down): fused at size 1, all-reduced across ranks.
-    void add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x);
+    //! x += input . W (summed over the ranks), then h = rms_norm(x) * gain: the end of each decoder block, where the
+    //! norm is the next block's (or the final norm), so that under TP the all-reduce, the add and the norm can run
+    //! as one kernel.
+    void add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x, TensorView gain,
+                          TensorView h);
     //! Gives each part (views of [m][width]) its columns of a fused layer's output [m][sum of widths].
     void split_columns(TensorView fused, std::initializer_list<TensorView*> parts);
     //! Checks tokens and positions, then runs them in chunks of max_batch_tokens; the last chunk writes logits
@@ -102,7 +110,9 @@ private:
                     bool select, const HiddenObserver* observer);
     void forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
                        float* logits_out, bool select, const HiddenObserver* observer);
-    void decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len);
+    //! Expects ws.h = rms_norm(x, layer.input_norm); leaves ws.h = rms_norm(x_out, next_gain).
+    void decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len,
+                       TensorView next_gain);
     const RopeFrequencies& rope_for(std::int64_t seq_len);
 
     ModelConfig config_;

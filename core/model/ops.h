@@ -17,6 +17,10 @@ namespace q4tp::loaders {
 struct GptqLinear;
 }
 
+namespace q4tp::parallel {
+class IpcAllReduce;
+}
+
 namespace q4tp::model {
 
 struct SamplingConfig;
@@ -157,6 +161,16 @@ public:
     virtual void add(TensorView x, TensorView y) = 0;
     //! logits [m][V] (F32) = x [m][H] . weight[V][H]^T
     virtual void lm_head(TensorView x, TensorView weight, TensorView logits) = 0;
+
+    //! The tensor-parallel block epilogue in one fused step where the backend has one: partial [m][H] summed over
+    //! the ranks of `group`, x += sum, out = rms_norm(x) * gain (out may be partial itself, never x). Returns false,
+    //! touching nothing, when it cannot (no group, a CPU backend, m above the group's rows): the caller then runs
+    //! the communicator's all-reduce, add and rms_norm, which this equals.
+    virtual bool all_reduce_add_rms_norm(parallel::IpcAllReduce* group, TensorView partial, TensorView x,
+                                         TensorView gain, float eps, TensorView out) {
+        (void)group, (void)partial, (void)x, (void)gain, (void)eps, (void)out;
+        return false;
+    }
 
     // ---- token selection ----
     //! Selection state for rows of `vocab` logits and up to `max_history` ids of history (prompt and generated):
