@@ -9,6 +9,7 @@
 #include "core/base/logging.h"
 #include "kernels/cpu/rope.h"
 #include "parallel/communicator.h"
+#include "parallel/ipc_all_reduce.h"
 
 namespace q4tp::model {
 
@@ -311,6 +312,9 @@ void LlamaModel::run_chunks(std::span<const std::int32_t> tokens, std::int64_t p
         forward_chunk(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(m)),
                       past_len + begin, mode, out, select && last_chunk, observer);
     }
+    // The one-shot all-reduce cannot raise an error from the device: a call whose peer never delivered gives up
+    // after its timeout and marks the group. Surface that here (a 4-byte read; the step has finished anyway).
+    if (parallel_.fused_all_reduce) parallel_.fused_all_reduce->check(ops_.stream_handle());
 }
 
 void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
