@@ -25,8 +25,22 @@ grep -E "\(Failed\)|\(Timeout\)|\(Exception\)" "$out/tests.log" | head -20
 awk '/Failure|FAILED  \]/ {print; n++} n >= 12 {exit}' "$out/tests.log"
 
 grep -E "\[ ppl|\[ tp|\[ cuda" "$out/tests.log" | sort | uniq | head -20
-[ "$tests_only" = 1 ] && exit $status
 mpirun_np=(mpirun --allow-run-as-root -np "$gpus" -x NCCL_NVLS_ENABLE)
+# The tools on the embedded model, on one GPU and tensor parallel: the README's first command, seeded sampling
+# (every rank must print the same text: rank 0 prints), perplexity of the held-out text. Output in $out/tools.txt.
+{
+  echo "=== q4tp-generate (README, CUDA)"
+  build-gpu/bin/q4tp-generate -m models/tiny-llama -p "A list in Python" -n 64
+  echo; echo "=== q4tp-generate TP=$gpus, --temperature 0.8 --seed 7"
+  "${mpirun_np[@]}" build-gpu/bin/q4tp-generate -m models/tiny-llama -p "A list in Python" -n 48 --temperature 0.8 --seed 7
+  for np in 1 "$gpus"; do
+    echo; echo "=== q4tp-perplexity TP=$np"
+    mpirun --allow-run-as-root -np "$np" -x NCCL_NVLS_ENABLE build-gpu/bin/q4tp-perplexity -m models/tiny-llama \
+      --text tests/data/perplexity/heldout.txt --add-bos
+  done
+} > "$out/tools.txt" 2>&1 || status=1
+grep -iE "perplexity|tokens/s|error" "$out/tools.txt" | head -12
+[ "$tests_only" = 1 ] && exit $status
 # Each run's table goes to $out/bench.txt (one file: the device returns at most 8).
 bench() {  # label, command...
   local label=$1; shift
