@@ -256,6 +256,30 @@ HostBuffer<T> copy_block(
     return out;
 }
 
+//! Element `index` of an array of T held as raw bytes (memcpy: a mapped tensor need not be aligned, R1.7). The
+//! caller has checked the index against the tensor's shape.
+template <typename T>
+T load_at(std::span<const std::byte> src, std::int64_t index) {
+    T value;
+    std::memcpy(&value, src.data() + static_cast<std::size_t>(index) * sizeof(T), sizeof(T));
+    return value;
+}
+
+//! Checks that `order` is a permutation of [0, extent) (the `what` dimension of layer `name`).
+void check_order(const std::string& name, const char* what, std::span<const std::int32_t> order, std::int64_t extent) {
+    Q4TP_CHECK(static_cast<std::int64_t>(order.size()) == extent,
+               name << ": an order of its " << what << " has " << order.size() << " entries but expected " << extent);
+    std::vector<bool> seen(static_cast<std::size_t>(extent), false);
+    for (std::size_t i = 0; i < order.size(); ++i) {
+        const std::int32_t v = order[i];
+        Q4TP_CHECK(v >= 0 && v < extent && !seen[static_cast<std::size_t>(v)],
+                   name << ": order of its " << what << " [" << i << "] = " << v << " is "
+                        << (v >= 0 && v < extent ? "repeated" : "out of range") << " (expected a permutation of [0, "
+                        << extent << "))");
+        seen[static_cast<std::size_t>(v)] = true;
+    }
+}
+
 void finish_g_idx(FullLayer& full) {
     if (full.g_idx.empty()) full.g_idx = sequential_g_idx(full.k, full.group_size);  // R2.17
     Q4TP_CHECK(static_cast<std::int64_t>(full.g_idx.size()) == full.k,
@@ -322,12 +346,46 @@ FullLayer view_of(
     return full;
 }
 
-ColumnShard cut_columns(const FullLayer& full, const SplitPlan& plan) {
+//! Columns order[cols] of the full layer, for column_shard with an order: every row of qweight, scales and qzeros
+//! gathered column by column (qzeros nibble by nibble, repacked 8 per word).
+void gather_columns(const FullLayer& full, IndexRange cols, std::span<const std::int32_t> order, GptqLinear& layer) {
+    const std::int64_t n = full.n;
+    const std::int64_t nl = cols.size();
+    const std::span<const std::int32_t> src =
+        order.subspan(static_cast<std::size_t>(cols.begin), static_cast<std::size_t>(nl));
+    const std::int64_t words = full.k / 8;
+    layer.qweight = HostBuffer<std::uint32_t>(static_cast<std::size_t>(words * nl));
+    for (std::int64_t r = 0; r < words; ++r)
+        for (std::int64_t c = 0; c < nl; ++c)
+            layer.qweight[static_cast<std::size_t>(r * nl + c)] =
+                load_at<std::uint32_t>(full.qweight, r * n + src[static_cast<std::size_t>(c)]);
+    layer.scales = HostBuffer<std::uint16_t>(static_cast<std::size_t>(full.num_groups * nl));
+    layer.qzeros = HostBuffer<std::uint32_t>(static_cast<std::size_t>(full.num_groups * (nl / 8)));
+    std::fill(layer.qzeros.begin(), layer.qzeros.end(), 0u);
+    for (std::int64_t g = 0; g < full.num_groups; ++g) {
+        for (std::int64_t c = 0; c < nl; ++c) {
+            const std::int32_t col = src[static_cast<std::size_t>(c)];
+            layer.scales[static_cast<std::size_t>(g * nl + c)] = load_at<std::uint16_t>(full.scales, g * n + col);
+            const std::uint32_t word = load_at<std::uint32_t>(full.qzeros, g * (n / 8) + col / 8);
+            layer.qzeros[static_cast<std::size_t>(g * (nl / 8) + c / 8)] |=
+                static_cast<std::uint32_t>(nibble(word, col % 8)) << (4 * (c % 8));
+        }
+    }
+    if (!full.bias.empty()) {
+        layer.bias = HostBuffer<std::uint16_t>(static_cast<std::size_t>(nl));
+        for (std::int64_t c = 0; c < nl; ++c)
+            layer.bias[static_cast<std::size_t>(c)] =
+                load_at<std::uint16_t>(full.bias, src[static_cast<std::size_t>(c)]);
+    }
+}
+
+ColumnShard cut_columns(const FullLayer& full, const SplitPlan& plan, std::span<const std::int32_t> order) {
     const IndexRange cols = plan.range;
     Q4TP_CHECK(cols.begin >= 0 && cols.begin < cols.end && cols.end <= full.n && cols.begin % kColumnUnit == 0 &&
                    cols.end % kColumnUnit == 0,
                full.name << ": columns [" << cols.begin << ", " << cols.end << ") are not a non-empty range of whole "
                          << "qzeros words (multiples of 8) inside N=" << full.n);
+    if (!order.empty()) check_order(full.name, "columns", order, full.n);
     ColumnShard shard;
     shard.columns = cols;
     shard.heads = plan.heads;
@@ -340,18 +398,73 @@ ColumnShard cut_columns(const FullLayer& full, const SplitPlan& plan) {
     layer.num_groups = full.num_groups;
     layer.zero_format = full.zero_format;
     const IndexRange all_groups{0, full.num_groups};
-    layer.qweight = copy_block<std::uint32_t>(full.name + ".qweight", full.qweight, full.n, {0, full.k / 8}, cols);
-    layer.qzeros = copy_block<std::uint32_t>(full.name + ".qzeros", full.qzeros, full.n / 8, all_groups,
-                                             {cols.begin / 8, cols.end / 8});
-    layer.scales = copy_block<std::uint16_t>(full.name + ".scales", full.scales, full.n, all_groups, cols);
+    if (order.empty()) {
+        layer.qweight = copy_block<std::uint32_t>(full.name + ".qweight", full.qweight, full.n, {0, full.k / 8}, cols);
+        layer.qzeros = copy_block<std::uint32_t>(full.name + ".qzeros", full.qzeros, full.n / 8, all_groups,
+                                                 {cols.begin / 8, cols.end / 8});
+        layer.scales = copy_block<std::uint16_t>(full.name + ".scales", full.scales, full.n, all_groups, cols);
+        if (!full.bias.empty())
+            layer.bias = copy_block<std::uint16_t>(full.name + ".bias", full.bias, full.n, {0, 1}, cols);
+    } else {
+        gather_columns(full, cols, order, layer);
+    }
     layer.g_idx = full.g_idx;
-    if (!full.bias.empty())
-        layer.bias = copy_block<std::uint16_t>(full.name + ".bias", full.bias, full.n, {0, 1}, cols);
     validate_gptq_shard(layer, false);
     return shard;
 }
 
-RowShard cut_rows(const FullLayer& full, const SplitPlan& plan) {
+//! The groups of the full layer that rows order[rows] make up, checking that they are whole groups in group order:
+//! position j of the range holds a row of group g0 + j / group_size, and the last group is complete. With one
+//! group (scales per column only) any rows are whole.
+IndexRange ordered_groups(const FullLayer& full, IndexRange rows, std::span<const std::int32_t> order) {
+    const std::int64_t gs = full.group_size;
+    const std::int64_t first = full.g_idx[static_cast<std::size_t>(order[static_cast<std::size_t>(rows.begin)])];
+    for (std::int64_t j = 0; j < rows.size(); ++j) {
+        const std::int32_t row = order[static_cast<std::size_t>(rows.begin + j)];
+        const std::int64_t got = full.g_idx[static_cast<std::size_t>(row)];
+        const std::int64_t want = first + j / gs;
+        Q4TP_CHECK(got == want, full.name << ": rows [" << rows.begin << ", " << rows.end << ") of the given order are "
+                                          << "not whole groups in group order: position " << rows.begin + j
+                                          << " is row " << row << " of group " << got << ", expected group " << want);
+    }
+    const std::int64_t end = first + (rows.size() + gs - 1) / gs;
+    if (full.num_groups > 1) {
+        const std::int64_t population = std::min(end * gs, full.k) - (end - 1) * gs;
+        const std::int64_t held = rows.size() - (end - 1 - first) * gs;
+        Q4TP_CHECK(held == population, full.name << ": rows [" << rows.begin << ", " << rows.end
+                                                 << ") of the given order hold " << held << " of the " << population
+                                                 << " rows of group " << end - 1 << " (expected whole groups)");
+    }
+    return {first, end};
+}
+
+//! qweight rows order[rows], repacked 8 per word (R2.4). Each source word row is read once, whatever the order.
+HostBuffer<std::uint32_t> gather_rows(const FullLayer& full, IndexRange rows, std::span<const std::int32_t> order) {
+    const std::int64_t n = full.n;
+    std::vector<std::int64_t> target(static_cast<std::size_t>(full.k), -1);
+    for (std::int64_t j = 0; j < rows.size(); ++j)
+        target[static_cast<std::size_t>(order[static_cast<std::size_t>(rows.begin + j)])] = j;
+    HostBuffer<std::uint32_t> out(static_cast<std::size_t>(rows.size() / 8 * n));
+    std::fill(out.begin(), out.end(), 0u);
+    std::vector<std::uint32_t> words(static_cast<std::size_t>(n));
+    for (std::int64_t w = 0; w < full.k / 8; ++w) {
+        const auto* first = target.data() + w * 8;
+        if (std::all_of(first, first + 8, [](std::int64_t t) { return t < 0; })) continue;
+        std::memcpy(words.data(), full.qweight.data() + static_cast<std::size_t>(w * n) * sizeof(std::uint32_t),
+                    static_cast<std::size_t>(n) * sizeof(std::uint32_t));
+        for (int i = 0; i < 8; ++i) {
+            const std::int64_t t = first[i];
+            if (t < 0) continue;
+            std::uint32_t* dst = out.data() + (t / 8) * n;
+            const int shift = static_cast<int>(4 * (t % 8));
+            for (std::int64_t c = 0; c < n; ++c)
+                dst[c] |= static_cast<std::uint32_t>(nibble(words[static_cast<std::size_t>(c)], i)) << shift;
+        }
+    }
+    return out;
+}
+
+RowShard cut_rows(const FullLayer& full, const SplitPlan& plan, std::span<const std::int32_t> order) {
     const IndexRange rows = plan.range;
     Q4TP_CHECK(rows.begin >= 0 && rows.begin < rows.end && rows.end <= full.k && rows.begin % kRowUnit == 0 &&
                    rows.end % kRowUnit == 0,
@@ -366,16 +479,26 @@ RowShard cut_rows(const FullLayer& full, const SplitPlan& plan) {
     layer.k = rows.size();
     layer.n = full.n;
     layer.zero_format = full.zero_format;
-    layer.qweight = copy_block<std::uint32_t>(full.name + ".qweight", full.qweight, full.n,
-                                              {rows.begin / 8, rows.end / 8}, {0, full.n});
-    if (full.act_order) {
+    if (!order.empty()) {
+        // Whole groups sorted by group: an in-order layer of its own groups, whatever the full layer's g_idx.
+        check_order(full.name, "rows", order, full.k);
+        shard.groups = ordered_groups(full, rows, order);
+        layer.qweight = gather_rows(full, rows, order);
+        layer.group_size = full.num_groups == 1 ? rows.size() : gs;
+        layer.num_groups = shard.groups.size();
+        layer.g_idx = sequential_g_idx(rows.size(), layer.group_size);
+    } else if (full.act_order) {
         // Original-order rows with every group: the local g_idx keeps the full layer's group numbers.
+        layer.qweight = copy_block<std::uint32_t>(full.name + ".qweight", full.qweight, full.n,
+                                                  {rows.begin / 8, rows.end / 8}, {0, full.n});
         shard.all_groups = true;
         shard.groups = {0, full.num_groups};
         layer.group_size = gs;
         layer.num_groups = full.num_groups;
         layer.g_idx.assign(full.g_idx.begin() + rows.begin, full.g_idx.begin() + rows.end);
     } else {
+        layer.qweight = copy_block<std::uint32_t>(full.name + ".qweight", full.qweight, full.n,
+                                                  {rows.begin / 8, rows.end / 8}, {0, full.n});
         if (full.num_groups > 1) {
             Q4TP_CHECK(rows.begin % gs == 0 && (rows.end % gs == 0 || rows.end == full.k),
                        full.name << ": rows [" << rows.begin << ", " << rows.end << ") cut a group of group_size " << gs
@@ -406,30 +529,53 @@ RowShard cut_rows(const FullLayer& full, const SplitPlan& plan) {
 
 }  // namespace
 
-ColumnShard column_shard(const GptqLinear& full, const SplitPlan& plan) {
+ColumnShard column_shard(const GptqLinear& full, const SplitPlan& plan, std::span<const std::int32_t> order) {
     check_plan_dims(full.name, plan, full.k, full.n, true);
-    return cut_columns(view_of(full), plan);
+    return cut_columns(view_of(full), plan, order);
 }
 
-RowShard row_shard(const GptqLinear& full, const SplitPlan& plan) {
+RowShard row_shard(const GptqLinear& full, const SplitPlan& plan, std::span<const std::int32_t> order) {
     check_plan_dims(full.name, plan, full.k, full.n, false);
-    return cut_rows(view_of(full), plan);
+    return cut_rows(view_of(full), plan, order);
 }
 
 ColumnShard load_column_shard(const Checkpoint& ckpt,
                               const std::string& name,
                               const QuantConfig& quant,
-                              const SplitPlan& plan) {
+                              const SplitPlan& plan,
+                              std::span<const std::int32_t> order) {
     check_plan_dims(name, plan, plan.k, plan.n, true);
-    return cut_columns(view_of(ckpt, name, quant, plan.k, plan.n), plan);
+    return cut_columns(view_of(ckpt, name, quant, plan.k, plan.n), plan, order);
 }
 
 RowShard load_row_shard(const Checkpoint& ckpt,
                         const std::string& name,
                         const QuantConfig& quant,
-                        const SplitPlan& plan) {
+                        const SplitPlan& plan,
+                        std::span<const std::int32_t> order) {
     check_plan_dims(name, plan, plan.k, plan.n, false);
-    return cut_rows(view_of(ckpt, name, quant, plan.k, plan.n), plan);
+    return cut_rows(view_of(ckpt, name, quant, plan.k, plan.n), plan, order);
+}
+
+// ---- the MLP's intermediate order ---------------------------------------------------------------
+
+namespace {
+
+std::vector<std::int32_t> order_of(const FullLayer& down) {
+    if (!down.act_order) return {};
+    return act_order_permutation(down.g_idx, down.num_groups).x_map;
+}
+
+}  // namespace
+
+std::vector<std::int32_t> ffn_order(const GptqLinear& down) {
+    return order_of(view_of(down));
+}
+
+std::vector<std::int32_t> load_ffn_order(
+    const Checkpoint& ckpt, const std::string& down_name, const QuantConfig& quant, std::int64_t k, std::int64_t n) {
+    // view_of maps the tensors (nothing read) and reads only g_idx.
+    return order_of(view_of(ckpt, down_name, quant, k, n));
 }
 
 // ---- validation ---------------------------------------------------------------------------------

@@ -59,8 +59,9 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
     plan.supported = plan.reason.empty();
     if (!plan.supported) return plan;
 
-    // The largest rank's share of each layer, from the same plans the loader cuts by. Act-order row shards keep
-    // every group's scales and zeros (docs/design.md), so row-parallel layers count all groups.
+    // The largest rank's share of each layer, from the same plans the loader cuts by. An act-order o_proj row shard
+    // keeps every group's scales and zeros (docs/design.md), so o_proj counts all groups; down_proj holds whole
+    // groups of its own, in order even for an act-order checkpoint (the MLP's intermediate order, loaders/shard.h).
     std::size_t per_layer = 0;
     std::int64_t largest_layer = 0, local_q = 0, local_kv = 0, local_ffn = 0;
     for (const auto& [role, name] : kLayerRoles) {
@@ -70,12 +71,14 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
             const bool column = loaders::is_column_parallel(role);
             const std::int64_t k = column ? p.k : p.range.size();
             const std::int64_t n = column ? p.range.size() : p.n;
-            // The CUDA layout pads each group of an act-order row shard to whole 32-row blocks
+            // The CUDA layout pads each group of an act-order o_proj row shard to whole 32-row blocks
             // (kernels/cuda/gptq_prepare.h): at most 31 filler rows per group. desc_act is only a hint (act-order
             // is decided from g_idx), so this is the bound when the config says act-order.
-            const bool padded = quant.desc_act && !column && k < p.k && quant.group_size > 0;
+            const bool output = role == loaders::LinearRole::OutputProj;
+            const bool padded = quant.desc_act && output && k < p.k && quant.group_size > 0;
             const std::int64_t k_rows = padded ? k + 31 * std::min(groups_of(quant, p.k), k) : k;
-            worst = std::max(worst, gptq_bytes(k_rows, n, groups_of(quant, p.k)));
+            const std::int64_t groups = column || output ? groups_of(quant, p.k) : groups_of(quant, k);
+            worst = std::max(worst, gptq_bytes(k_rows, n, groups));
             largest_layer = std::max(largest_layer, k * n);
             if (role == loaders::LinearRole::QueryProj) local_q = std::max(local_q, n);
             if (role == loaders::LinearRole::KeyProj) local_kv = std::max(local_kv, n);

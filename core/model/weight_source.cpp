@@ -27,10 +27,35 @@ TensorView CheckpointWeights::dense_rows(const std::string& name, std::int64_t t
     return view;
 }
 
-loaders::GptqLinear CheckpointWeights::host_layer(const std::string& name, const loaders::SplitPlan& plan) const {
-    if (plan.size == 1) return loaders::load_gptq_linear(checkpoint_, name, plan.k, plan.n, quant_);
-    if (loaders::is_column_parallel(plan.role)) return loaders::load_column_shard(checkpoint_, name, quant_, plan).layer;
-    return loaders::load_row_shard(checkpoint_, name, quant_, plan).layer;
+std::span<const std::int32_t> CheckpointWeights::mlp_order(const std::string& name, const loaders::SplitPlan& plan) {
+    using loaders::LinearRole;
+    if (plan.role != LinearRole::GateProj && plan.role != LinearRole::UpProj && plan.role != LinearRole::DownProj) {
+        return {};
+    }
+    // gate, up and down of one MLP must agree on the order, so each finds its down_proj by name.
+    const std::string role = loaders::to_string(plan.role);
+    Q4TP_CHECK(name.size() > role.size() && name.ends_with(role),
+               name << ": expected a " << role << " layer name ending in '" << role
+                    << "' (its MLP's down_proj is found by that name)");
+    const std::string down = name.substr(0, name.size() - role.size()) + "down_proj";
+    if (down != order_down_) {
+        const bool is_down = plan.role == LinearRole::DownProj;
+        // A layer's own tensors are checked before its down_proj's, so an error names the layer being loaded.
+        if (!is_down) (void)loaders::check_gptq_headers(checkpoint_, name, plan.k, plan.n, quant_);
+        const std::int64_t ffn = is_down ? plan.k : plan.n;
+        const std::int64_t hidden = is_down ? plan.n : plan.k;
+        order_ = loaders::load_ffn_order(checkpoint_, down, quant_, ffn, hidden);
+        order_down_ = down;
+    }
+    return order_;
+}
+
+loaders::GptqLinear CheckpointWeights::host_layer(const std::string& name, const loaders::SplitPlan& plan) {
+    const std::span<const std::int32_t> order = mlp_order(name, plan);
+    if (plan.size == 1 && order.empty()) return loaders::load_gptq_linear(checkpoint_, name, plan.k, plan.n, quant_);
+    if (loaders::is_column_parallel(plan.role))
+        return loaders::load_column_shard(checkpoint_, name, quant_, plan, order).layer;
+    return loaders::load_row_shard(checkpoint_, name, quant_, plan, order).layer;
 }
 
 std::unique_ptr<LinearWeights> CheckpointWeights::linear(const std::string& name, const loaders::SplitPlan& plan,
@@ -92,9 +117,11 @@ std::unique_ptr<LinearWeights> SyntheticWeights::linear(const std::string& name,
     spec.k = k;
     spec.n = n;
     spec.group_size = quant_.group_size;
-    spec.act_order = act_order_ && quant_.group_size > 0;
+    // A real act-order down_proj loads in order (the MLP's intermediate order, loaders/shard.h); only o_proj's row
+    // shards keep the original row order with every group, and so the padded layout.
+    spec.act_order = act_order_ && quant_.group_size > 0 && plan.role != loaders::LinearRole::DownProj;
     spec.seed = seed_for(name) + static_cast<std::uint64_t>(plan.range.begin);
-    if (!column && k < plan.k) {
+    if (plan.role == loaders::LinearRole::OutputProj && k < plan.k) {
         spec.full_k = plan.k;
         spec.row_begin = plan.range.begin;
         spec.layout_seed = seed_for(name);

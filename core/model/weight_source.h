@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -36,7 +37,9 @@ public:
                                                         const std::vector<loaders::SplitPlan>& plans, Ops& ops) = 0;
 };
 
-//! Reads a checkpoint through the loaders (every shape, dtype and GPTQ rule checked).
+//! Reads a checkpoint through the loaders (every shape, dtype and GPTQ rule checked). An MLP whose down_proj is
+//! act-order is loaded in its intermediate order P (loaders/shard.h): gate/up columns and down rows taken through
+//! P, so down is an in-order layer of whole groups on every rank, at any tensor-parallel size.
 class CheckpointWeights final : public WeightSource {
 public:
     CheckpointWeights(const loaders::Checkpoint& checkpoint, const QuantConfig& quant)
@@ -51,13 +54,19 @@ public:
                                                 const std::vector<loaders::SplitPlan>& plans, Ops& ops) override;
 
 private:
-    loaders::GptqLinear host_layer(const std::string& name, const loaders::SplitPlan& plan) const;
+    loaders::GptqLinear host_layer(const std::string& name, const loaders::SplitPlan& plan);
+    //! P for the MLP that the gate/up/down layer `name` belongs to (empty: in order, or not an MLP layer).
+    std::span<const std::int32_t> mlp_order(const std::string& name, const loaders::SplitPlan& plan);
     const loaders::Checkpoint& checkpoint_;
     const QuantConfig& quant_;
+    // One MLP's order at a time: layers load one after another, gate and up before down.
+    std::string order_down_;  //!< the down_proj whose order order_ holds; empty before the first MLP
+    std::vector<std::int32_t> order_;
 };
 
 //! Random weights of the configured shape: uniform 4-bit codes, symmetric zeros, scales and norms chosen
 //! so activations stay O(1), and (optionally) act-order with a random row permutation. Deterministic in seed.
+//! An act-order model's down_proj is what CheckpointWeights makes of a real one: an in-order layer.
 class SyntheticWeights final : public WeightSource {
 public:
     SyntheticWeights(const QuantConfig& quant, bool act_order, std::uint64_t seed)

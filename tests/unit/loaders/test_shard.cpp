@@ -7,6 +7,7 @@
 #include <numeric>
 #include <ostream>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -139,6 +140,41 @@ std::vector<float> row_block(const std::vector<float>& w, std::int64_t n, IndexR
     return {w.begin() + rows.begin * n, w.begin() + rows.end * n};
 }
 
+//! The position -> index map `order` (empty = the identity) read at `range`.
+std::vector<std::int64_t> ordered(std::span<const std::int32_t> order, IndexRange range) {
+    std::vector<std::int64_t> out;
+    for (std::int64_t i = range.begin; i < range.end; ++i)
+        out.push_back(order.empty() ? i : order[static_cast<std::size_t>(i)]);
+    return out;
+}
+
+//! Columns order[cols] of a row-major [k][n] matrix.
+std::vector<float> column_gather(
+    const std::vector<float>& w, std::int64_t k, std::int64_t n, std::span<const std::int32_t> order, IndexRange cols) {
+    const std::vector<std::int64_t> picked = ordered(order, cols);
+    std::vector<float> out;
+    for (std::int64_t r = 0; r < k; ++r)
+        for (const std::int64_t c : picked) out.push_back(w[static_cast<std::size_t>(r * n + c)]);
+    return out;
+}
+
+//! Rows order[rows] of a row-major [*][n] matrix.
+std::vector<float> row_gather(const std::vector<float>& w,
+                              std::int64_t n,
+                              std::span<const std::int32_t> order,
+                              IndexRange rows) {
+    std::vector<float> out;
+    for (const std::int64_t r : ordered(order, rows)) out.insert(out.end(), w.begin() + r * n, w.begin() + (r + 1) * n);
+    return out;
+}
+
+std::vector<std::int32_t> random_permutation(std::int64_t n, std::mt19937& rng) {
+    std::vector<std::int32_t> order(static_cast<std::size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    return order;
+}
+
 std::vector<double> random_x(std::int64_t m, std::int64_t k, std::mt19937& rng) {
     std::uniform_real_distribution<double> dist(-1.0, 1.0);
     std::vector<double> x(static_cast<std::size_t>(m * k));
@@ -168,6 +204,28 @@ void add_bias(const HostBuffer<std::uint16_t>& bias, std::int64_t m, std::int64_
     for (std::int64_t i = 0; i < m; ++i)
         for (std::int64_t c = 0; c < n; ++c)
             y[static_cast<std::size_t>(i * n + c)] += half_to_float(bias[static_cast<std::size_t>(c)]);
+}
+
+//! The Llama MLP in float64: y [m][H] = (silu(x . G + bg) * (x . U + bu)) . D + bd for x [m][H], from the
+//! dequantized layers (gate/up [H][I], down [I][H], any I).
+std::vector<double> mlp(const std::vector<double>& x,
+                        std::int64_t m,
+                        const GptqLinear& gate,
+                        const GptqLinear& up,
+                        const GptqLinear& down) {
+    const std::int64_t h = gate.k;
+    const std::int64_t ffn = gate.n;
+    std::vector<double> g(static_cast<std::size_t>(m * ffn), 0.0);
+    std::vector<double> u(g.size(), 0.0);
+    accumulate(x, m, h, 0, dequantize(gate), h, ffn, g);
+    add_bias(gate.bias, m, ffn, g);
+    accumulate(x, m, h, 0, dequantize(up), h, ffn, u);
+    add_bias(up.bias, m, ffn, u);
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+    std::vector<double> y(static_cast<std::size_t>(m * down.n), 0.0);
+    accumulate(g, m, ffn, 0, dequantize(down), ffn, down.n, y);
+    add_bias(down.bias, m, down.n, y);
+    return y;
 }
 
 void expect_close(const std::vector<double>& got, const std::vector<double>& want, double rtol) {
@@ -280,6 +338,65 @@ std::vector<RowShard> check_row_shards(const GptqLinear& full,
     EXPECT_EQ(next, full.k);
     expect_close(sum, want, 1e-5);
     return shards;
+}
+
+//! The MLP cut in its intermediate order P = ffn_order(down) for every rank of `size`, as CheckpointWeights loads
+//! it: gate/up shards are exactly the columns P[range] of the whole, down shards exactly the rows P[range] and an
+//! in-order layer (sequential g_idx, its own groups), gate|up still fuse, and the sum over ranks of
+//! down_r(silu(gate_r x) * up_r x) equals the unsharded MLP.
+void check_mlp_by_order(const GptqLinear& gate,
+                        const GptqLinear& up,
+                        const GptqLinear& down,
+                        const ModelConfig& config,
+                        const QuantConfig& quant,
+                        int size,
+                        std::mt19937& rng) {
+    SCOPED_TRACE("MLP at size " + std::to_string(size));
+    const std::vector<std::int32_t> order = ffn_order(down);
+    EXPECT_EQ(order.empty(), !down.act_order);
+    const std::int64_t m = 2;
+    const std::int64_t h = config.hidden_size;
+    const std::int64_t ffn = config.intermediate_size;
+    const std::vector<double> x = random_x(m, h, rng);
+    const std::vector<double> want = mlp(x, m, gate, up, down);
+    const std::vector<float> w_gate = dequantize(gate);
+    const std::vector<float> w_down = dequantize(down);
+    std::vector<double> sum(want.size(), 0.0);
+    std::int64_t next = 0;
+    for (int rank = 0; rank < size; ++rank) {
+        SCOPED_TRACE("rank " + std::to_string(rank));
+        const SplitPlan gate_plan = plan_split(gate.name, LinearRole::GateProj, config, quant, rank, size);
+        const SplitPlan up_plan = plan_split(up.name, LinearRole::UpProj, config, quant, rank, size);
+        const SplitPlan down_plan = plan_split(down.name, LinearRole::DownProj, config, quant, rank, size);
+        const ColumnShard gate_shard = column_shard(gate, gate_plan, order);
+        const ColumnShard up_shard = column_shard(up, up_plan, order);
+        const RowShard down_shard = row_shard(down, down_plan, order);
+        EXPECT_EQ(down_shard.rows.begin, next);
+        next = down_shard.rows.end;
+        EXPECT_EQ(gate_shard.columns, down_shard.rows);
+        EXPECT_EQ(gate_shard.layer.g_idx, gate.g_idx) << "gate's g_idx is over the hidden size: unchanged";
+        EXPECT_EQ(dequantize(gate_shard.layer), column_gather(w_gate, h, ffn, order, gate_plan.range));
+        EXPECT_EQ(dequantize(down_shard.layer), row_gather(w_down, h, order, down_plan.range));
+
+        const GptqLinear& local = down_shard.layer;
+        EXPECT_FALSE(local.act_order);
+        EXPECT_FALSE(down_shard.all_groups);
+        EXPECT_EQ(local.g_idx, sequential_g_idx(local.k, local.group_size));
+        const std::int64_t gs = down.group_size;
+        EXPECT_EQ(down_shard.groups, (IndexRange{down_plan.range.begin / gs, (down_plan.range.end + gs - 1) / gs}));
+        EXPECT_EQ(local.num_groups, down_shard.groups.size());
+        EXPECT_EQ(local.scales.size(), static_cast<std::size_t>(down_shard.groups.size() * down.n));
+        EXPECT_EQ(local.bias.empty(), rank != 0 || down.bias.empty());
+        if (gate.bias.empty() && up.bias.empty() && gate.g_idx == up.g_idx) {
+            const GptqLinear* parts[] = {&gate_shard.layer, &up_shard.layer};
+            EXPECT_TRUE(can_concat_columns(parts)) << "gate|up shards cut by one order must still fuse";
+        }
+
+        const std::vector<double> partial = mlp(x, m, gate_shard.layer, up_shard.layer, local);
+        for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += partial[i];
+    }
+    EXPECT_EQ(next, ffn);
+    expect_close(sum, want, 1e-9);
 }
 
 //! A unique directory under the test temp dir, removed afterwards.
@@ -650,6 +767,213 @@ TEST(ShardValidationTest, RejectsBadShards) {
     expect_error([&] { validate_gptq_shard(col, false); }, {"L.qzeros", "column 9", "0xF"});
 }
 
+// ---- shards by an order --------------------------------------------------------------------------
+
+TEST(ColumnShardTest, ByOrder_DequantizesToTheSelectedColumns) {
+    std::mt19937 rng(31);
+    const ModelConfig config = make_config(128, 768, 8, 2, 32);
+    for (const bool act_order : {false, true}) {
+        for (const ZeroFormat format : {ZeroFormat::GptqV1, ZeroFormat::GptqV2}) {
+            SCOPED_TRACE(std::string(act_order ? "act-order " : "sequential ") + to_string(format));
+            const QuantConfig quant = make_quant(64, format);
+            for (const LinearRole role : {LinearRole::QueryProj, LinearRole::ValueProj, LinearRole::GateProj}) {
+                const GptqLinear full = random_role_layer(role, config, quant, act_order, rng, true);
+                const std::vector<float> w = dequantize(full);
+                const std::vector<std::int32_t> order = random_permutation(full.n, rng);
+                for (const int size : {1, 2, 4}) {
+                    for (int rank = 0; rank < size; ++rank) {
+                        SCOPED_TRACE(std::string(to_string(role)) + " rank " + std::to_string(rank) + " of " +
+                                     std::to_string(size));
+                        const SplitPlan plan = plan_split(full.name, role, config, quant, rank, size);
+                        const ColumnShard shard = column_shard(full, plan, order);
+                        EXPECT_EQ(shard.columns, plan.range);
+                        ASSERT_EQ(shard.layer.n, plan.range.size());
+                        EXPECT_EQ(shard.layer.g_idx, full.g_idx);
+                        EXPECT_EQ(shard.layer.act_order, full.act_order);
+                        EXPECT_EQ(dequantize(shard.layer), column_gather(w, full.k, full.n, order, plan.range));
+                        const std::vector<std::int64_t> picked = ordered(order, plan.range);
+                        for (std::int64_t g = 0; g < full.num_groups; ++g)
+                            for (std::size_t c = 0; c < picked.size(); ++c)
+                                ASSERT_EQ(stored_zero_at(shard.layer, g, static_cast<std::int64_t>(c)),
+                                          stored_zero_at(full, g, picked[c]));
+                        ASSERT_EQ(shard.layer.bias.size(), picked.size());
+                        for (std::size_t c = 0; c < picked.size(); ++c)
+                            EXPECT_EQ(shard.layer.bias[c], full.bias[static_cast<std::size_t>(picked[c])]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST(ColumnShardTest, ByOrder_IdentityEqualsTheRangeCut) {
+    std::mt19937 rng(32);
+    const ModelConfig config = make_config(128, 384, 8, 8, 16);
+    const QuantConfig quant = make_quant(32);
+    const GptqLinear up = random_role_layer(LinearRole::UpProj, config, quant, true, rng);
+    std::vector<std::int32_t> identity(static_cast<std::size_t>(up.n));
+    std::iota(identity.begin(), identity.end(), 0);
+    for (int rank = 0; rank < 4; ++rank) {
+        const SplitPlan plan = plan_split(up.name, LinearRole::UpProj, config, quant, rank, 4);
+        expect_same_layer(column_shard(up, plan, identity).layer, column_shard(up, plan).layer);
+    }
+}
+
+TEST(RowShardTest, ByOrder_WholeGroupsGiveAnInOrderLayer) {
+    std::mt19937 rng(33);
+    for (const ZeroFormat format : {ZeroFormat::GptqV1, ZeroFormat::GptqV2}) {
+        // 7B-like: 86 groups of 128, uneven over 4 ranks.
+        const ModelConfig config = make_config(64, 11008, 4, 4, 16);
+        const QuantConfig quant = make_quant(128, format);
+        const GptqLinear down = random_role_layer(LinearRole::DownProj, config, quant, true, rng, true);
+        const std::vector<std::int32_t> order = ffn_order(down);
+        ASSERT_EQ(order.size(), static_cast<std::size_t>(down.k));
+        const std::vector<float> w = dequantize(down);
+        const std::vector<std::int64_t> groups_at4{22, 22, 21, 21};
+        for (int rank = 0; rank < 4; ++rank) {
+            SCOPED_TRACE("rank " + std::to_string(rank));
+            const SplitPlan plan = plan_split(down.name, LinearRole::DownProj, config, quant, rank, 4);
+            const RowShard shard = row_shard(down, plan, order);
+            EXPECT_EQ(shard.rows, plan.range);
+            EXPECT_FALSE(shard.all_groups);
+            EXPECT_FALSE(shard.layer.act_order);
+            EXPECT_EQ(shard.layer.num_groups, groups_at4[static_cast<std::size_t>(rank)]);
+            EXPECT_EQ(shard.layer.g_idx, sequential_g_idx(shard.layer.k, 128));
+            EXPECT_EQ(dequantize(shard.layer), row_gather(w, down.n, order, plan.range));
+            // Only the rank's groups' scales and zeros, as stored.
+            for (std::int64_t g = 0; g < shard.layer.num_groups; ++g)
+                for (std::int64_t c = 0; c < down.n; ++c) {
+                    ASSERT_EQ(stored_zero_at(shard.layer, g, c), stored_zero_at(down, shard.groups.begin + g, c));
+                    ASSERT_EQ(scale_at(shard.layer, g, c), scale_at(down, shard.groups.begin + g, c));
+                }
+            EXPECT_EQ(shard.layer.bias.empty(), rank != 0);
+        }
+    }
+    // A sequential layer: the identity order cuts exactly what the range cut does.
+    const ModelConfig config = make_config(64, 768, 24, 24, 32);
+    const QuantConfig quant = make_quant(64);
+    const GptqLinear seq = random_role_layer(LinearRole::DownProj, config, quant, false, rng);
+    EXPECT_TRUE(ffn_order(seq).empty());
+    std::vector<std::int32_t> identity(static_cast<std::size_t>(seq.k));
+    std::iota(identity.begin(), identity.end(), 0);
+    for (int rank = 0; rank < 3; ++rank) {
+        const SplitPlan plan = plan_split(seq.name, LinearRole::DownProj, config, quant, rank, 3);
+        const RowShard by_order = row_shard(seq, plan, identity);
+        const RowShard by_range = row_shard(seq, plan);
+        expect_same_layer(by_order.layer, by_range.layer);
+        EXPECT_EQ(by_order.groups, by_range.groups);
+    }
+}
+
+TEST(RowShardTest, ByOrder_OneGroupTakesAnyRows) {
+    std::mt19937 rng(34);
+    const ModelConfig config = make_config(96, 256, 4, 4, 32);
+    const QuantConfig quant = make_quant(-1, ZeroFormat::GptqV2);
+    const GptqLinear down = random_role_layer(LinearRole::DownProj, config, quant, false, rng);
+    const std::vector<std::int32_t> order = random_permutation(down.k, rng);
+    const std::vector<float> w = dequantize(down);
+    for (int rank = 0; rank < 3; ++rank) {
+        const SplitPlan plan = plan_split(down.name, LinearRole::DownProj, config, quant, rank, 3);
+        const RowShard shard = row_shard(down, plan, order);
+        EXPECT_EQ(shard.layer.num_groups, 1);
+        EXPECT_EQ(shard.layer.group_size, plan.range.size());
+        EXPECT_EQ(dequantize(shard.layer), row_gather(w, down.n, order, plan.range));
+    }
+}
+
+TEST(RowShardTest, ByOrder_Errors) {
+    std::mt19937 rng(35);
+    const ModelConfig config = make_config(64, 256, 4, 4, 16);
+    const QuantConfig quant = make_quant(64);
+    const GptqLinear down = random_role_layer(LinearRole::DownProj, config, quant, true, rng);
+    const SplitPlan plan = plan_split(down.name, LinearRole::DownProj, config, quant, 0, 2);
+    const std::vector<std::int32_t> order = ffn_order(down);
+    ASSERT_EQ(order.size(), 256u);
+
+    const std::vector<std::int32_t> short_order(order.begin(), order.begin() + 10);
+    expect_error([&] { row_shard(down, plan, short_order); }, {down.name, "10 entries", "expected 256"});
+    std::vector<std::int32_t> repeated = order;
+    repeated[7] = repeated[3];
+    expect_error([&] { row_shard(down, plan, repeated); }, {down.name, "[7]", "repeated", "permutation of [0, 256)"});
+    std::vector<std::int32_t> outside = order;
+    outside[5] = 256;
+    expect_error([&] { row_shard(down, plan, outside); }, {down.name, "[5] = 256", "out of range"});
+
+    // The original order of an act-order layer is not whole groups.
+    std::vector<std::int32_t> identity(256);
+    std::iota(identity.begin(), identity.end(), 0);
+    expect_error([&] { row_shard(down, plan, identity); }, {down.name, "rows [0, 128)", "not whole groups"});
+    // Rows of groups 0 and 1 swapped: group order broken at position 1.
+    std::vector<std::int32_t> swapped = order;
+    std::swap(swapped[1], swapped[64]);
+    expect_error([&] { row_shard(down, plan, swapped); }, {down.name, "position 1", "of group 1, expected group 0"});
+    // Half of group 1.
+    SplitPlan half = plan;
+    half.range = {0, 96};
+    expect_error([&] { row_shard(down, half, order); }, {down.name, "32 of the 64 rows of group 1"});
+
+    const GptqLinear gate = random_role_layer(LinearRole::GateProj, config, quant, true, rng);
+    const SplitPlan gate_plan = plan_split(gate.name, LinearRole::GateProj, config, quant, 1, 2);
+    expect_error([&] { column_shard(gate, gate_plan, short_order); }, {gate.name, "columns", "10 entries"});
+}
+
+TEST(FfnOrderTest, StableArgsortOfAnActOrderDownProj) {
+    std::mt19937 rng(36);
+    const ModelConfig config = make_config(64, 320, 4, 4, 16);
+    for (const std::int64_t gs : {32, 64, 128}) {
+        SCOPED_TRACE("group_size " + std::to_string(gs));
+        const GptqLinear down = random_role_layer(LinearRole::DownProj, config, make_quant(gs), true, rng);
+        ASSERT_TRUE(down.act_order);
+        const std::vector<std::int32_t> order = ffn_order(down);
+        ASSERT_EQ(order.size(), 320u);
+        for (std::size_t j = 0; j < order.size(); ++j) {
+            EXPECT_EQ(down.g_idx[static_cast<std::size_t>(order[j])], static_cast<std::int64_t>(j) / gs) << j;
+            // Stable: the rows of one group keep their original order.
+            if (j > 0 && static_cast<std::int64_t>(j) % gs != 0) {
+                EXPECT_LT(order[j - 1], order[j]) << j;
+            }
+        }
+        EXPECT_TRUE(ffn_order(random_role_layer(LinearRole::DownProj, config, make_quant(gs), false, rng)).empty());
+    }
+    EXPECT_TRUE(ffn_order(random_role_layer(LinearRole::DownProj, config, make_quant(-1), false, rng)).empty());
+}
+
+TEST(MlpShardTest, ActOrderMlpByOrder_SumOverRanksEqualsUnsharded) {
+    struct Case {
+        std::int64_t group_size;
+        std::int64_t ffn;
+        std::vector<int> sizes;
+        ZeroFormat format;
+        bool bias;
+    };
+    const std::vector<Case> cases{
+        {32, 352, {1, 2, 4}, ZeroFormat::GptqV1, false},     // 11 groups: 3, 3, 3, 2 at 4
+        {64, 320, {1, 2, 4}, ZeroFormat::GptqV2, true},      // 5 groups: 2, 1, 1, 1 at 4
+        {128, 320, {1, 2}, ZeroFormat::GptqV1, false},       // a short last group (64 rows) on the last rank
+        {128, 11008, {1, 2, 4}, ZeroFormat::GptqV2, false},  // Llama-2-7B: 86 groups, 22, 22, 21, 21 at 4
+    };
+    std::mt19937 rng(37);
+    for (const Case& c : cases) {
+        SCOPED_TRACE("group_size " + std::to_string(c.group_size) + ", intermediate " + std::to_string(c.ffn));
+        const ModelConfig config = make_config(64, c.ffn, 4, 4, 16);
+        const QuantConfig quant = make_quant(c.group_size, c.format);
+        const GptqLinear gate = random_role_layer(LinearRole::GateProj, config, quant, true, rng, c.bias);
+        GptqLinear up = random_role_layer(LinearRole::UpProj, config, quant, true, rng);
+        up.g_idx = gate.g_idx;  // one input, one g_idx (R2.20), so gate|up fuse
+        validate_gptq_linear(up);
+        const GptqLinear down = random_role_layer(LinearRole::DownProj, config, quant, true, rng, c.bias);
+        ASSERT_TRUE(down.act_order);
+        for (const int size : c.sizes) check_mlp_by_order(gate, up, down, config, quant, size, rng);
+    }
+    // A sequential down_proj has no order: the MLP is cut by ranges, as before.
+    const ModelConfig config = make_config(64, 352, 4, 4, 16);
+    const QuantConfig quant = make_quant(32);
+    const GptqLinear gate = random_role_layer(LinearRole::GateProj, config, quant, true, rng);
+    const GptqLinear up = random_role_layer(LinearRole::UpProj, config, quant, true, rng);
+    const GptqLinear down = random_role_layer(LinearRole::DownProj, config, quant, false, rng);
+    for (const int size : {1, 2, 4}) check_mlp_by_order(gate, up, down, config, quant, size, rng);
+}
+
 // ---- checkpoints --------------------------------------------------------------------------------
 
 class CheckpointShardTest : public TempDirTest {};
@@ -703,6 +1027,48 @@ TEST_F(CheckpointShardTest, ReadFromMappingEqualsSlicingTheLoadedLayer) {
             }
         }
     }
+}
+
+TEST_F(CheckpointShardTest, ByOrder_ReadFromMappingEqualsSlicingTheLoadedLayer) {
+    std::mt19937 rng(38);
+    const ModelConfig config = make_config(128, 384, 8, 2, 16);
+    const QuantConfig quant = make_quant(64, ZeroFormat::GptqV1);
+    const std::vector<LinearRole> roles{LinearRole::GateProj, LinearRole::UpProj, LinearRole::DownProj};
+    std::vector<SafetensorsEntry> entries;
+    for (const LinearRole role : roles) {
+        add_layer(entries, random_role_layer(role, config, quant, true, rng, role != LinearRole::UpProj),
+                  quant.zero_format);
+    }
+    write_safetensors(dir_ / "model.safetensors", std::move(entries));
+    const Checkpoint ckpt = Checkpoint::open(dir_);
+    const std::string down_name = role_name(LinearRole::DownProj);
+    const GptqLinear down = load_gptq_linear(ckpt, down_name, 384, 128, quant);
+    const std::vector<std::int32_t> order = load_ffn_order(ckpt, down_name, quant, 384, 128);
+    ASSERT_FALSE(order.empty());
+    EXPECT_EQ(order, ffn_order(down));
+    for (const LinearRole role : roles) {
+        const std::string name = role_name(role);
+        const LinearDims dims = linear_dims(role, config);
+        const GptqLinear full = load_gptq_linear(ckpt, name, dims.k, dims.n, quant);
+        for (const int size : {1, 2, 4}) {
+            for (int rank = 0; rank < size; ++rank) {
+                SCOPED_TRACE(name + " rank " + std::to_string(rank) + " of " + std::to_string(size));
+                const SplitPlan plan = plan_split(name, role, config, quant, rank, size);
+                if (is_column_parallel(role)) {
+                    expect_same_layer(load_column_shard(ckpt, name, quant, plan, order).layer,
+                                      column_shard(full, plan, order).layer);
+                } else {
+                    const RowShard got = load_row_shard(ckpt, name, quant, plan, order);
+                    const RowShard want = row_shard(full, plan, order);
+                    expect_same_layer(got.layer, want.layer);
+                    EXPECT_EQ(got.groups, want.groups);
+                    EXPECT_FALSE(got.layer.act_order);
+                }
+            }
+        }
+    }
+    // The order comes from down_proj's headers and g_idx: a wrong shape names its tensor.
+    expect_error([&] { load_ffn_order(ckpt, down_name, quant, 352, 128); }, {down_name + ".qweight", "[44, 128]"});
 }
 
 TEST_F(CheckpointShardTest, Errors_NameTheTensor) {
@@ -811,6 +1177,32 @@ TEST_P(FixtureShardTest, ReadingShardsEqualsSlicingTheLoadedLayer) {
         joined.insert(joined.end(), shard.data.begin(), shard.data.end());
     }
     EXPECT_EQ(joined, to_vector(full_head));
+}
+
+TEST_P(FixtureShardTest, MlpByOrderSumsToTheUnshardedMlp) {
+    const FixtureCase c = GetParam();
+    const std::filesystem::path dir = std::filesystem::path(Q4TP_TEST_DATA_DIR) / "fixtures" / c.fixture;
+    const ModelConfig config = load_model_config(dir / "config.json");
+    const QuantConfig quant = load_quant_config(dir);
+    const Checkpoint ckpt = Checkpoint::open(dir, quant.model_file_base_name);
+    std::mt19937 rng(39);
+    for (std::int64_t i = 0; i < config.num_hidden_layers; ++i) {
+        std::vector<GptqLinear> layers;
+        for (const LinearRole role : {LinearRole::GateProj, LinearRole::UpProj, LinearRole::DownProj}) {
+            const LinearDims dims = linear_dims(role, config);
+            layers.push_back(load_gptq_linear(ckpt, role_name(role, static_cast<int>(i)), dims.k, dims.n, quant));
+        }
+        const GptqLinear& down = layers[2];
+        const std::vector<std::int32_t> order =
+            load_ffn_order(ckpt, down.name, quant, config.intermediate_size, config.hidden_size);
+        EXPECT_EQ(order, ffn_order(down));
+        for (int rank = 0; rank < c.size; ++rank) {
+            const SplitPlan plan = plan_split(down.name, LinearRole::DownProj, config, quant, rank, c.size);
+            expect_same_layer(load_row_shard(ckpt, down.name, quant, plan, order).layer,
+                              row_shard(down, plan, order).layer);
+        }
+        check_mlp_by_order(layers[0], layers[1], down, config, quant, c.size, rng);
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures,
