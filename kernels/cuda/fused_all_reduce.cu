@@ -16,8 +16,9 @@
 //      of one peer in flight together, reloaded until none holds a -0.0; the fp32 sum accumulates in rank order
 //      (bitwise identical on every rank) and is rounded once to fp16.
 //   4. fused only: residual = fp16(residual + sum), the fp32 sum of squares of the stored fp16 values in exactly the
-//      order of kernels/cuda/rms_norm.cu (same block size, same per-thread stride, same warp and block reduction), so
-//      the output equals all-reduce + add_inplace + rms_norm bit for bit; then out = fp16(gain * fp16(x * inv_rms)).
+//      order of kernels/cuda/rms_norm.cu (the block size, per-thread stride, reduction and rounding of
+//      common/row_norm.cuh, which both use), so the output equals all-reduce + add_inplace + rms_norm bit for bit;
+//      then out = fp16(gain * fp16(x * inv_rms)).
 //   5. the last block to finish advances the device state: buffer index (mod 3), the rows to re-poison next time.
 //
 // Why three buffers, and why no fences. A rank pushes call i into buffer i % 3 of each peer only after finishing call
@@ -47,6 +48,7 @@
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
 #include "kernels/cuda/common/pdl.cuh"
+#include "kernels/cuda/common/row_norm.cuh"
 
 namespace q4tp::kernels::cuda {
 
@@ -55,9 +57,6 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------------
 // Constants
 
-constexpr int kWarpSize = 32;
-//! The block size rms_norm uses: one 8-half vector per thread up to hidden 4096, then loops (bitwise parity needs it).
-constexpr int kMaxThreads = 512;
 constexpr int kVecWidth = 8;
 //! Two fp16 -0.0 in one 32-bit word.
 constexpr std::uint32_t kNegativeZeroPair = 0x80008000u;
@@ -125,30 +124,6 @@ __device__ __forceinline__ uint4 pack(const __half (&h)[kVecWidth]) {
     return make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
 }
 
-__device__ __forceinline__ float warp_reduce_sum(float v) {
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-
-//! Sum of v over the block (blockDim.x a multiple of 32), returned to every thread; the order of rms_norm.cu's.
-__device__ float block_reduce_sum(float v) {
-    __shared__ float warp_sums[kMaxThreads / kWarpSize];
-    __shared__ float total;
-    const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-    const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-    v = warp_reduce_sum(v);
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        const int warps = static_cast<int>(blockDim.x) / kWarpSize;
-        v = warp_reduce_sum(lane < warps ? warp_sums[lane] : 0.0f);
-        if (lane == 0) total = v;
-    }
-    __syncthreads();
-    return total;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels
 
@@ -171,7 +146,7 @@ struct KernelArgs {
 //! index clamped into the row (a thread past the end re-reads the last vector and discards it) rather than inside an
 //! `if`: a predicated-off load would make the compiler wait for each load before issuing the next (common/ptx.cuh).
 template <bool kFused, int kVecs>
-__global__ void __launch_bounds__(kMaxThreads) lamport_kernel(const KernelArgs a) {
+__global__ void __launch_bounds__(kRowNormMaxThreads) lamport_kernel(const KernelArgs a) {
     const int vec_count = a.hidden / kVecWidth;
     const std::int64_t row_vec = static_cast<std::int64_t>(blockIdx.x) * vec_count;
     const std::int64_t buffer_vecs = a.ranks * a.slot_vecs;
@@ -305,10 +280,7 @@ __global__ void __launch_bounds__(kMaxThreads) lamport_kernel(const KernelArgs a
 #pragma unroll
             for (int j = 0; j < kVecWidth; ++j) {
                 updated[j] = __float2half_rn(half_at(x[k], j) + __half2float(sum[j]));
-                if (valid[k]) {
-                    const float f = __half2float(updated[j]);
-                    sum_sq += f * f;
-                }
+                if (valid[k]) accumulate_square(sum_sq, updated[j]);
             }
             x[k] = pack(updated);
             if (valid[k]) reinterpret_cast<uint4*>(a.residual)[row_vec + vec[k]] = x[k];
@@ -318,17 +290,13 @@ __global__ void __launch_bounds__(kMaxThreads) lamport_kernel(const KernelArgs a
     }
 
     if constexpr (kFused) {
-        const float total = block_reduce_sum(sum_sq);
-        const float inv_rms = rsqrtf(total / static_cast<float>(a.hidden) + a.eps);
+        const float inv_rms = row_inv_rms(sum_sq, static_cast<float>(a.hidden), a.eps);
 #pragma unroll
         for (int k = 0; k < kVecs; ++k) {
             if (!valid[k]) continue;
             __half o[kVecWidth];
 #pragma unroll
-            for (int j = 0; j < kVecWidth; ++j) {
-                const __half normalized = __float2half_rn(half_at(x[k], j) * inv_rms);
-                o[j] = __float2half_rn(half_at(w[k], j) * __half2float(normalized));
-            }
+            for (int j = 0; j < kVecWidth; ++j) o[j] = rms_scale(half_at(x[k], j), half_at(w[k], j), inv_rms);
             out[vec[k]] = pack(o);
         }
     }
@@ -353,12 +321,6 @@ bool aligned16(const void* p) {
     return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
-//! rms_norm.cu's block size for the same hidden: one thread per vector up to kMaxThreads, in whole warps.
-unsigned int threads_for(std::int64_t vec_count) {
-    const std::int64_t threads = (vec_count + kWarpSize - 1) / kWarpSize * kWarpSize;
-    return static_cast<unsigned int>(threads > kMaxThreads ? kMaxThreads : threads);
-}
-
 void check_group(const char* op, const LamportGroup& g, std::int64_t m) {
     Q4TP_CHECK(g.peer_buffers != nullptr && g.state != nullptr, op << ": null peer table or state pointer");
     Q4TP_CHECK(g.ranks >= 1 && g.ranks <= kLamportMaxRanks,
@@ -378,7 +340,7 @@ void check_group(const char* op, const LamportGroup& g, std::int64_t m) {
 template <bool kFused>
 void launch(const LamportGroup& g, const KernelArgs& args, std::int64_t m, cudaStream_t stream) {
     const std::int64_t vec_count = g.hidden / kVecWidth;
-    const unsigned int threads = threads_for(vec_count);
+    const unsigned int threads = row_norm_threads(vec_count);  // rms_norm.cu's, for its summation order
     const std::int64_t per_thread = (vec_count + threads - 1) / threads;
     const dim3 grid(static_cast<unsigned int>(m));
     switch (per_thread) {

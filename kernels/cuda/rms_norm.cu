@@ -1,10 +1,9 @@
 // RMSNorm over fp16 rows, plain (rms_norm) and fused with the residual add (add_rms_norm).
 //
 // Semantics (docs/formats.md R4.2, HF LlamaRMSNorm with fp16 activations): the sum of squares, the mean and the
-// rsqrt are fp32; the normalized value x * rsqrt(mean + eps) is rounded to fp16 FIRST (HF casts hidden_states back to
-// the input dtype) and only then multiplied by the fp16 weight, the product rounded once more. The product of two
-// fp16 numbers is exact in fp32 (11 + 11 significant bits < 24), so fp16(float(w) * float(n)) is exactly torch's
-// fp16 w * n.
+// rsqrt are fp32; the normalized value x * rsqrt(mean + eps) is rounded to fp16 FIRST and only then multiplied by the
+// fp16 weight, the product rounded once more. The block size, the reduction and the rounding are common/row_norm.cuh,
+// which fused_all_reduce.cu uses too (its fused norm is bitwise equal to this one).
 //
 // Algorithm: one block per row. Pass 1 reads the row (for add_rms_norm: adds delta, rounds to fp16, stores the new
 // residual) and accumulates the fp32 sum of squares of the fp16 values as stored; a warp-shuffle reduction and one
@@ -24,6 +23,7 @@
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
 #include "kernels/cuda/common/pdl.cuh"
+#include "kernels/cuda/common/row_norm.cuh"
 
 namespace q4tp::kernels::cuda {
 
@@ -32,9 +32,6 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------------
 // Constants
 
-constexpr int kWarpSize = 32;
-//! Up to 512 threads per row: hidden 4096 is one 8-half vector per thread; longer rows loop.
-constexpr int kMaxThreads = 512;
 constexpr int kVecWidth = 8;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -45,30 +42,6 @@ template <int N>
 struct alignas(sizeof(__half) * N) HalfVec {
     __half h[N];
 };
-
-__device__ __forceinline__ float warp_reduce_sum(float v) {
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-
-//! Sum of v over the block (blockDim.x a multiple of 32), returned to every thread.
-__device__ float block_reduce_sum(float v) {
-    __shared__ float warp_sums[kMaxThreads / kWarpSize];
-    __shared__ float total;
-    const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-    const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-    v = warp_reduce_sum(v);
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        const int warps = static_cast<int>(blockDim.x) / kWarpSize;
-        v = warp_reduce_sum(lane < warps ? warp_sums[lane] : 0.0f);
-        if (lane == 0) total = v;
-    }
-    __syncthreads();
-    return total;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels
@@ -107,13 +80,9 @@ __global__ void rms_norm_kernel(NormArgs a) {
             reinterpret_cast<HalfVec<N>*>(a.residual + row_offset)[v] = r;
         }
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-            const float f = __half2float(r.h[j]);
-            sum_sq += f * f;
-        }
+        for (int j = 0; j < N; ++j) accumulate_square(sum_sq, r.h[j]);
     }
-    const float total = block_reduce_sum(sum_sq);
-    const float inv_rms = rsqrtf(total / static_cast<float>(a.hidden) + a.eps);
+    const float inv_rms = row_inv_rms(sum_sq, static_cast<float>(a.hidden), a.eps);
 
     auto* out_vec = reinterpret_cast<HalfVec<N>*>(a.out + row_offset);
     for (std::int64_t v = threadIdx.x; v < vec_count; v += blockDim.x) {
@@ -121,10 +90,7 @@ __global__ void rms_norm_kernel(NormArgs a) {
         const HalfVec<N> w = v == threadIdx.x ? first_weight : weight_vec[v];
         HalfVec<N> o;
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-            const __half normalized = __float2half_rn(__half2float(r.h[j]) * inv_rms);
-            o.h[j] = __float2half_rn(__half2float(w.h[j]) * __half2float(normalized));
-        }
+        for (int j = 0; j < N; ++j) o.h[j] = rms_scale(__half2float(r.h[j]), __half2float(w.h[j]), inv_rms);
         out_vec[v] = o;
     }
 }
@@ -133,12 +99,6 @@ __global__ void rms_norm_kernel(NormArgs a) {
 // Launch configuration
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
-//! One thread per vector up to kMaxThreads, rounded up to whole warps (block_reduce_sum needs full warps).
-unsigned int threads_for(std::int64_t vec_count) {
-    const std::int64_t threads = (vec_count + kWarpSize - 1) / kWarpSize * kWarpSize;
-    return static_cast<unsigned int>(threads > kMaxThreads ? kMaxThreads : threads);
-}
 
 void check_shape(const char* op, std::int64_t m, std::int64_t hidden, float eps) {
     Q4TP_CHECK(m > 0 && m <= INT32_MAX, op << ": m = " << m << ", expected in [1, " << INT32_MAX << "]");
@@ -154,9 +114,9 @@ void launch(const NormArgs& a, const void* row_base, std::int64_t m, cudaStream_
     const bool vec = a.hidden % kVecWidth == 0 && aligned16(row_base) && aligned16(a.weight) && aligned16(a.out) &&
                      (!kAdd || aligned16(a.delta));
     if (vec) {
-        launch_kernel(rms_norm_kernel<kVecWidth, kAdd>, grid, threads_for(a.hidden / kVecWidth), 0, stream, a);
+        launch_kernel(rms_norm_kernel<kVecWidth, kAdd>, grid, row_norm_threads(a.hidden / kVecWidth), 0, stream, a);
     } else {
-        launch_kernel(rms_norm_kernel<1, kAdd>, grid, threads_for(a.hidden), 0, stream, a);
+        launch_kernel(rms_norm_kernel<1, kAdd>, grid, row_norm_threads(a.hidden), 0, stream, a);
     }
 }
 

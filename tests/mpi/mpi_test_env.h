@@ -1,12 +1,15 @@
 // What the MPI GoogleTest main (mpi_gtest_main.cpp) gives the suites that run under mpirun: the process's one
-// MpiSession and a seed every rank agrees on.
+// MpiSession and a seed every rank agrees on; and the error capture those suites use so that a failing call is
+// asserted after the collective it belongs to, with every rank still in step.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "core/base/error.h"
 #include "parallel/mpi_session.h"
 
 namespace q4tp::test {
@@ -38,6 +41,17 @@ inline std::vector<std::uint8_t> rank_bytes(int rank, std::size_t n, std::uint64
     std::vector<std::uint8_t> v(n);
     for (std::uint8_t& b : v) b = static_cast<std::uint8_t>(rng() >> 56);
     return v;
+}
+
+//! Runs `body` and returns the q4tp::Error message it throws, or "" when it throws nothing.
+template <typename Body>
+std::string error_of(Body body) {
+    try {
+        body();
+    } catch (const Error& error) {
+        return error.what();
+    }
+    return "";
 }
 
 }  // namespace q4tp::test

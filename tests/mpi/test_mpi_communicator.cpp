@@ -23,6 +23,7 @@
 namespace q4tp::parallel {
 namespace {
 
+using q4tp::test::error_of;
 using q4tp::test::mpi_session;
 using q4tp::test::rank_bytes;
 using q4tp::test::rank_floats;
@@ -34,17 +35,6 @@ int env_int(const char* name, int fallback) {
 }
 
 TensorView host_view(void* data, DType dtype, Shape shape) { return TensorView{data, dtype, shape, Device::Host}; }
-
-// Runs `body` and returns the q4tp::Error message it throws, or "" when it throws nothing.
-template <typename Body>
-std::string error_of(Body body) {
-    try {
-        body();
-    } catch (const Error& error) {
-        return error.what();
-    }
-    return "";
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // MpiSession

@@ -32,13 +32,16 @@
 #include "parallel/ipc_all_reduce.h"
 #include "parallel/nccl_communicator.h"
 #include "tests/gpu/allreduce/lamport_group.h"
+#include "tests/gpu/common/cuda_graph_util.h"
 #include "tests/gpu/common/gpu_test_util.h"
+#include "tests/gpu/common/nccl_suite.h"
 #include "tests/mpi/mpi_test_env.h"
 
 namespace q4tp::parallel {
 namespace {
 
 namespace kc = q4tp::kernels::cuda;
+using q4tp::test::error_of;
 using q4tp::test::from_half_bits;
 using q4tp::test::lamport_group;
 using q4tp::test::mpi_session;
@@ -58,11 +61,6 @@ constexpr milliseconds kSyncTimeout{10'000};
 constexpr int kResidualSource = 1000;
 constexpr int kGainSource = 1001;
 
-int visible_gpus() {
-    int count = 0;
-    return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
-}
-
 __half* half_ptr(DeviceBuffer<std::uint16_t>& buffer, std::int64_t offset = 0) {
     return reinterpret_cast<__half*>(buffer.data() + offset);
 }
@@ -72,16 +70,6 @@ __half* half_ptr(DeviceBuffer<std::uint16_t>& buffer, std::int64_t offset = 0) {
 //! them.
 void settle() {
     Q4TP_CUDA_CHECK(cudaDeviceSynchronize());
-}
-
-template <typename Body>
-std::string error_of(Body body) {
-    try {
-        body();
-    } catch (const Error& error) {
-        return error.what();
-    }
-    return "";
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -242,47 +230,19 @@ bool expect(const ::testing::AssertionResult& result, const std::string& context
 // ---------------------------------------------------------------------------------------------------------------
 // Fixture
 
-class IpcAllReduceTest : public ::testing::Test {
+class IpcAllReduceTest : public test::NcclSuiteTest {
    protected:
-    // The skip decision depends only on the node's GPUs and on a collective setup, so every rank takes the same
-    // branch.
+    // Whether the GPUs can share memory is decided by a collective setup, so every rank takes the same branch.
     static void SetUpTestSuite() {
-        const MpiSession& session = mpi_session();
-        if (session.size() < 2) {
-            skip_reason_ = "needs mpirun -np 2 or more";
-            return;
-        }
-        if (visible_gpus() < session.local_size()) {
-            skip_reason_ =
-                "needs " + std::to_string(session.local_size()) + " GPUs, found " + std::to_string(visible_gpus());
-            return;
-        }
-        try {
-            select_device(session.local_rank());
+        set_up_suite([] {
             std::string why;
-            if (!IpcAllReduce::create(session, IpcAllReduceOptions{8, 64, kCallTimeout}, &why)) {
-                skip_reason_ = "these GPUs cannot share memory: " + why;
-                return;
+            if (!IpcAllReduce::create(mpi_session(), IpcAllReduceOptions{8, 64, kCallTimeout}, &why)) {
+                return "these GPUs cannot share memory: " + why;
             }
-            comm_ = new NcclCommunicator(session);
-            stream_ = new CudaStream();
-        } catch (const Error& error) {
-            skip_reason_ = "setup failed";
-            ADD_FAILURE() << "setup failed: " << error.what();
-        }
-    }
-    static void TearDownTestSuite() {
-        delete stream_;
-        delete comm_;
-        stream_ = nullptr;
-        comm_ = nullptr;
-    }
-    void SetUp() override {
-        if (comm_ == nullptr) GTEST_SKIP() << skip_reason_;
+            return std::string();
+        });
     }
 
-    static NcclCommunicator& comm() { return *comm_; }
-    static cudaStream_t stream() { return stream_->get(); }
     static int rank() { return mpi_session().rank(); }
     static int ranks() { return mpi_session().size(); }
 
@@ -329,10 +289,6 @@ class IpcAllReduceTest : public ::testing::Test {
         comm().sync(stream(), kSyncTimeout);
         return {to_host(residual), to_host(out)};
     }
-
-    static inline NcclCommunicator* comm_ = nullptr;
-    static inline CudaStream* stream_ = nullptr;
-    static inline std::string skip_reason_;
 };
 
 const std::int64_t kRowCounts[] = {1, 2, 3, 7, 8, 16, 128};
@@ -519,15 +475,6 @@ TEST_F(IpcAllReduceTest, ThousandBackToBackCalls_StayCorrectAcrossTheBufferRotat
     EXPECT_TRUE(identical_on_every_rank(sums));
 }
 
-struct Graph {
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    ~Graph() {
-        if (exec) (void)cudaGraphExecDestroy(exec);
-        if (graph) (void)cudaGraphDestroy(graph);
-    }
-};
-
 TEST_F(IpcAllReduceTest, CapturedGraph_ReplaysWithNewInputsEveryTime) {
     // One graph holds a fused call of 5 rows and a plain call of 2 rows: the replays walk the rotation with nothing
     // but device state telling each call its buffer and the rows to re-poison. Captured with PDL (a programmatic edge
@@ -546,23 +493,21 @@ TEST_F(IpcAllReduceTest, CapturedGraph_ReplaysWithNewInputsEveryTime) {
 
     for (const bool pdl : {true, false}) {
         kc::set_pdl_enabled(pdl);
-        Graph g;
-        Q4TP_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal));
+        test::CudaGraph g;
         const std::string capture_error = error_of([&] {
-            kc::LamportAddRmsNormParams p;
-            p.partial = half_ptr(partial);
-            p.residual = half_ptr(residual);
-            p.gain = half_ptr(gain);
-            p.eps = kEps;
-            p.out = half_ptr(out);
-            p.m = kFusedRows;
-            kc::lamport_all_reduce_add_rms_norm(lamport_group(*all_reduce), p, stream());
-            kc::lamport_all_reduce(lamport_group(*all_reduce), half_ptr(inout), kPlainRows, stream());
+            g.capture(stream(), [&] {
+                kc::LamportAddRmsNormParams p;
+                p.partial = half_ptr(partial);
+                p.residual = half_ptr(residual);
+                p.gain = half_ptr(gain);
+                p.eps = kEps;
+                p.out = half_ptr(out);
+                p.m = kFusedRows;
+                kc::lamport_all_reduce_add_rms_norm(lamport_group(*all_reduce), p, stream());
+                kc::lamport_all_reduce(lamport_group(*all_reduce), half_ptr(inout), kPlainRows, stream());
+            });
         });
-        const cudaError_t end = cudaStreamEndCapture(stream(), &g.graph);
         ASSERT_EQ(capture_error, "");
-        ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
-        Q4TP_CUDA_CHECK(cudaGraphInstantiate(&g.exec, g.graph, 0));
 
         int failed_replays = 0;
         const std::uint64_t replays = pdl ? 100 : 30;
@@ -580,7 +525,7 @@ TEST_F(IpcAllReduceTest, CapturedGraph_ReplaysWithNewInputsEveryTime) {
             Q4TP_CUDA_CHECK(
                 cudaMemcpyAsync(inout.data(), plain.data(), inout.bytes(), cudaMemcpyHostToDevice, stream()));
             Q4TP_CUDA_CHECK(cudaMemsetAsync(out.data(), 0xFF, out.bytes(), stream()));
-            Q4TP_CUDA_CHECK(cudaGraphLaunch(g.exec, stream()));
+            g.launch(stream());
             all_reduce->check(stream());
             const Halves got_residual = to_host(residual), got_out = to_host(out), got_sum = to_host(inout);
             bool ok = true;

@@ -1,7 +1,8 @@
 // Helpers shared by the GPU suites: skip where there is no GPU, fresh random inputs, NaN poisoning,
-// host<->device copies of fp16 data, and tolerance checks that print the first mismatches.
+// host<->device copies of fp16 data, tolerance checks that print the first mismatches, and a cuBLAS handle.
 #pragma once
 
+#include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -19,11 +20,14 @@
 
 namespace q4tp::test {
 
-//! True when a CUDA device is usable; GPU tests call Q4TP_SKIP_WITHOUT_GPU() first.
-inline bool gpu_available() {
+//! CUDA devices this process can use (0 where there is no driver or no device).
+inline int visible_gpus() {
     int count = 0;
-    return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+    return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
 }
+
+//! True when a CUDA device is usable; GPU tests call Q4TP_SKIP_WITHOUT_GPU() first.
+inline bool gpu_available() { return visible_gpus() > 0; }
 
 #define Q4TP_SKIP_WITHOUT_GPU()                                     \
     do {                                                            \
@@ -108,5 +112,18 @@ inline ::testing::AssertionResult all_close(const std::vector<float>& out, const
     return ::testing::AssertionFailure() << bad << " of " << out.size() << " elements off (max abs diff " << worst
                                          << ")" << report;
 }
+
+//! Owns a cuBLAS handle for one test.
+class CublasHandle {
+public:
+    CublasHandle() { Q4TP_CUBLAS_CHECK(cublasCreate(&handle_)); }
+    ~CublasHandle() { cublasDestroy(handle_); }
+    CublasHandle(const CublasHandle&) = delete;
+    CublasHandle& operator=(const CublasHandle&) = delete;
+    cublasHandle_t get() const { return handle_; }
+
+private:
+    cublasHandle_t handle_ = nullptr;
+};
 
 }  // namespace q4tp::test

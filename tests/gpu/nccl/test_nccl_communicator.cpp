@@ -23,53 +23,27 @@
 #include "core/base/half.h"
 #include "core/base/tensor_view.h"
 #include "parallel/nccl_communicator.h"
+#include "tests/gpu/common/cuda_graph_util.h"
+#include "tests/gpu/common/gpu_test_util.h"
+#include "tests/gpu/common/nccl_suite.h"
 #include "tests/mpi/mpi_test_env.h"
 
 namespace q4tp::parallel {
 namespace {
 
+using q4tp::test::error_of;
+using q4tp::test::from_half_bits;
 using q4tp::test::mpi_session;
 using q4tp::test::rank_floats;
+using q4tp::test::to_device;
+using q4tp::test::to_half_bits;
+using q4tp::test::to_host;
+using q4tp::test::visible_gpus;
 using std::chrono::milliseconds;
 
 constexpr milliseconds kSyncTimeout{10'000};
 
-int visible_gpus() {
-    int count = 0;
-    return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
-}
-
 TensorView device_view(void* data, DType dtype, Shape shape) { return TensorView{data, dtype, shape, Device::Cuda}; }
-
-template <typename T>
-DeviceBuffer<T> upload(const std::vector<T>& host) {
-    DeviceBuffer<T> device(host.size());
-    Q4TP_CUDA_CHECK(cudaMemcpy(device.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return device;
-}
-
-template <typename T>
-std::vector<T> download(const DeviceBuffer<T>& device) {
-    std::vector<T> host(device.size());
-    Q4TP_CUDA_CHECK(cudaMemcpy(host.data(), device.data(), device.bytes(), cudaMemcpyDeviceToHost));
-    return host;
-}
-
-std::vector<std::uint16_t> to_half(const std::vector<float>& v) {
-    std::vector<std::uint16_t> h(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) h[i] = float_to_half(v[i]);
-    return h;
-}
-
-template <typename Body>
-std::string error_of(Body body) {
-    try {
-        body();
-    } catch (const Error& error) {
-        return error.what();
-    }
-    return "";
-}
 
 // Exact double sums over every rank's data, and the sums of magnitudes that bound the rounding error.
 struct HostSum {
@@ -136,44 +110,9 @@ TEST(SelectDeviceTest, MakesTheLocalRanksGpuCurrent) {
 // ---------------------------------------------------------------------------------------------------------
 // NcclCommunicator
 
-class NcclCommunicatorTest : public ::testing::Test {
+class NcclCommunicatorTest : public test::NcclSuiteTest {
 protected:
-    // One communicator for the suite, created by every rank at the same point (ncclCommInitRank is collective).
-    // The skip decision depends only on the node's GPU count, so every rank of the node takes the same branch.
-    static void SetUpTestSuite() {
-        const MpiSession& session = mpi_session();
-        if (session.size() < 2) {
-            skip_reason_ = "needs mpirun -np 2 or more";
-        } else if (visible_gpus() < session.local_size()) {
-            skip_reason_ = "needs " + std::to_string(session.local_size()) + " GPUs, found " +
-                           std::to_string(visible_gpus());
-        } else {
-            try {
-                select_device(session.local_rank());
-                comm_ = new NcclCommunicator(session);
-                stream_ = new CudaStream();
-            } catch (const Error& error) {
-                skip_reason_ = "setup failed";
-                ADD_FAILURE() << "communicator setup failed: " << error.what();
-            }
-        }
-    }
-    static void TearDownTestSuite() {
-        delete stream_;
-        delete comm_;
-        stream_ = nullptr;
-        comm_ = nullptr;
-    }
-    void SetUp() override {
-        if (comm_ == nullptr) GTEST_SKIP() << skip_reason_;
-    }
-
-    static NcclCommunicator& comm() { return *comm_; }
-    static cudaStream_t stream() { return stream_->get(); }
-
-    static inline NcclCommunicator* comm_ = nullptr;
-    static inline CudaStream* stream_ = nullptr;
-    static inline std::string skip_reason_;
+    static void SetUpTestSuite() { set_up_suite(); }
 };
 
 TEST_F(NcclCommunicatorTest, RankSizeAndDevice_MatchTheSession) {
@@ -185,11 +124,11 @@ TEST_F(NcclCommunicatorTest, RankSizeAndDevice_MatchTheSession) {
 
 TEST_F(NcclCommunicatorTest, AllReduceSumF32_MatchesTheHostSum) {
     for (const std::size_t n : {std::size_t{1}, std::size_t{4097}, std::size_t{1} << 20}) {
-        DeviceBuffer<float> data = upload(rank_floats(comm().rank(), n, n));
+        DeviceBuffer<float> data = to_device(rank_floats(comm().rank(), n, n));
         comm().all_reduce_sum(device_view(data.data(), DType::F32, {static_cast<std::int64_t>(n)}), stream());
         comm().sync(stream(), kSyncTimeout);
         // size-1 float additions, each off by at most 2^-24 of a partial sum bounded by sum|x|.
-        EXPECT_TRUE(matches_sum(download(data), host_sum(comm().size(), n, n, false), comm().size(),
+        EXPECT_TRUE(matches_sum(to_host(data), host_sum(comm().size(), n, n, false), comm().size(),
                                 std::ldexp(1.0, -24), 0.0))
             << "n = " << n;
     }
@@ -197,11 +136,10 @@ TEST_F(NcclCommunicatorTest, AllReduceSumF32_MatchesTheHostSum) {
 
 TEST_F(NcclCommunicatorTest, AllReduceSumF16_MatchesTheHostSum) {
     for (const std::size_t n : {std::size_t{3}, std::size_t{8191}, std::size_t{1} << 19}) {
-        DeviceBuffer<std::uint16_t> data = upload(to_half(rank_floats(comm().rank(), n, 50 + n)));
+        DeviceBuffer<std::uint16_t> data = to_device(to_half_bits(rank_floats(comm().rank(), n, 50 + n)));
         comm().all_reduce_sum(device_view(data.data(), DType::F16, {static_cast<std::int64_t>(n)}), stream());
         comm().sync(stream(), kSyncTimeout);
-        std::vector<float> got;
-        for (std::uint16_t h : download(data)) got.push_back(half_to_float(h));
+        const std::vector<float> got = from_half_bits(to_host(data));
         // NCCL adds in fp16: each of the size-1 additions rounds to nearest, off by at most 2^-11 of a partial
         // sum bounded by sum|x|, plus 2^-25 (half the subnormal spacing) where the partial sum is subnormal.
         // With 2 ranks that is exactly the correctly rounded sum of the two inputs.
@@ -214,14 +152,14 @@ TEST_F(NcclCommunicatorTest, AllReduceSumF16_MatchesTheHostSum) {
 TEST_F(NcclCommunicatorTest, AllReduceSum_IsBitwiseIdenticalOnEveryRank) {
     const std::size_t n = 300'007;
     const int size = comm().size();
-    DeviceBuffer<float> data = upload(rank_floats(comm().rank(), n, 77));
+    DeviceBuffer<float> data = to_device(rank_floats(comm().rank(), n, 77));
     DeviceBuffer<float> all(n * static_cast<std::size_t>(size));
     comm().all_reduce_sum(device_view(data.data(), DType::F32, {static_cast<std::int64_t>(n)}), stream());
     comm().all_gather(device_view(data.data(), DType::F32, {static_cast<std::int64_t>(n)}),
                       device_view(all.data(), DType::F32, {size, static_cast<std::int64_t>(n)}), stream());
     comm().sync(stream(), kSyncTimeout);
-    const std::vector<float> mine = download(data);
-    const std::vector<float> gathered = download(all);
+    const std::vector<float> mine = to_host(data);
+    const std::vector<float> gathered = to_host(all);
     for (int r = 0; r < size; ++r) {
         EXPECT_EQ(std::memcmp(gathered.data() + static_cast<std::size_t>(r) * n, mine.data(), n * sizeof(float)), 0)
             << "rank " << r << " and rank " << comm().rank() << " hold different sums";
@@ -231,7 +169,7 @@ TEST_F(NcclCommunicatorTest, AllReduceSum_IsBitwiseIdenticalOnEveryRank) {
 TEST_F(NcclCommunicatorTest, AllGather_PlacesEachRankInItsSlice) {
     const int size = comm().size();
     const std::size_t n = 2 * 1027;
-    DeviceBuffer<std::uint16_t> send = upload(to_half(rank_floats(comm().rank(), n, 5)));
+    DeviceBuffer<std::uint16_t> send = to_device(to_half_bits(rank_floats(comm().rank(), n, 5)));
     DeviceBuffer<std::uint16_t> recv(n * static_cast<std::size_t>(size));
     Q4TP_CUDA_CHECK(cudaMemset(recv.data(), 0xFF, recv.bytes()));
     comm().all_gather(device_view(send.data(), DType::F16, {2, 1027}),
@@ -240,15 +178,15 @@ TEST_F(NcclCommunicatorTest, AllGather_PlacesEachRankInItsSlice) {
     const std::vector<float> own = rank_floats(comm().rank(), 64, 6);
     std::vector<float> seeded(64 * static_cast<std::size_t>(size), -7.0f);
     std::copy(own.begin(), own.end(), seeded.begin() + comm().rank() * 64);
-    DeviceBuffer<float> in_place = upload(seeded);
+    DeviceBuffer<float> in_place = to_device(seeded);
     const TensorView whole = device_view(in_place.data(), DType::F32, {size, 64});
     comm().all_gather(whole.rows(comm().rank(), 1), whole, stream());
     comm().sync(stream(), kSyncTimeout);
 
-    const std::vector<std::uint16_t> got = download(recv);
-    const std::vector<float> got_in_place = download(in_place);
+    const std::vector<std::uint16_t> got = to_host(recv);
+    const std::vector<float> got_in_place = to_host(in_place);
     for (int r = 0; r < size; ++r) {
-        const std::vector<std::uint16_t> expected = to_half(rank_floats(r, n, 5));
+        const std::vector<std::uint16_t> expected = to_half_bits(rank_floats(r, n, 5));
         EXPECT_TRUE(std::equal(expected.begin(), expected.end(), got.begin() + static_cast<std::ptrdiff_t>(r * n)))
             << "slice " << r;
         const std::vector<float> expected_in_place = rank_floats(r, 64, 6);
@@ -260,22 +198,12 @@ TEST_F(NcclCommunicatorTest, AllGather_PlacesEachRankInItsSlice) {
 TEST_F(NcclCommunicatorTest, Broadcast_CopiesTheRootsDataFromEveryRoot) {
     for (int root = 0; root < comm().size(); ++root) {
         const auto salt = 30 + static_cast<std::uint64_t>(root);
-        DeviceBuffer<float> data = upload(rank_floats(comm().rank(), 5000, salt));
+        DeviceBuffer<float> data = to_device(rank_floats(comm().rank(), 5000, salt));
         comm().broadcast(device_view(data.data(), DType::F32, {5, 1000}), root, stream());
         comm().sync(stream(), kSyncTimeout);
-        EXPECT_EQ(download(data), rank_floats(root, 5000, salt)) << "root " << root;
+        EXPECT_EQ(to_host(data), rank_floats(root, 5000, salt)) << "root " << root;
     }
 }
-
-// Owns a captured graph and its executable instance.
-struct Graph {
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    ~Graph() {
-        if (exec) (void)cudaGraphExecDestroy(exec);
-        if (graph) (void)cudaGraphDestroy(graph);
-    }
-};
 
 TEST_F(NcclCommunicatorTest, AllReduceSum_ReplaysInsideACapturedCudaGraph) {
     const std::size_t n = 4096 * 3;
@@ -285,23 +213,20 @@ TEST_F(NcclCommunicatorTest, AllReduceSum_ReplaysInsideACapturedCudaGraph) {
     comm().all_reduce_sum(data, stream());
     comm().sync(stream(), kSyncTimeout);
 
-    Graph g;
-    // Thread-local mode: NCCL's own threads may make CUDA calls that global mode would forbid during capture.
-    Q4TP_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal));
-    std::string capture_error = error_of([&] { comm().all_reduce_sum(data, stream()); });
-    const cudaError_t end = cudaStreamEndCapture(stream(), &g.graph);
+    // CudaGraph captures in thread-local mode: NCCL's own threads may make CUDA calls that global mode forbids.
+    test::CudaGraph g;
+    const std::string capture_error =
+        error_of([&] { g.capture(stream(), [&] { comm().all_reduce_sum(data, stream()); }); });
     ASSERT_EQ(capture_error, "") << "all_reduce_sum is not capturable";
-    ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
-    Q4TP_CUDA_CHECK(cudaGraphInstantiate(&g.exec, g.graph, 0));
 
     for (std::uint64_t replay = 0; replay < 3; ++replay) {
         // Fresh inputs each time: the replayed all-reduce must read the buffer's current contents.
         const std::vector<float> input = rank_floats(comm().rank(), n, 900 + replay);
         Q4TP_CUDA_CHECK(
             cudaMemcpyAsync(buffer.data(), input.data(), n * sizeof(float), cudaMemcpyHostToDevice, stream()));
-        Q4TP_CUDA_CHECK(cudaGraphLaunch(g.exec, stream()));
+        g.launch(stream());
         comm().sync(stream(), kSyncTimeout);
-        EXPECT_TRUE(matches_sum(download(buffer), host_sum(comm().size(), n, 900 + replay, false), comm().size(),
+        EXPECT_TRUE(matches_sum(to_host(buffer), host_sum(comm().size(), n, 900 + replay, false), comm().size(),
                                 std::ldexp(1.0, -24), 0.0))
             << "replay " << replay;
     }
@@ -323,7 +248,7 @@ TEST_F(NcclCommunicatorTest, Sync_TimesOutAndAbortsWhenAPeerNeverJoins) {
     NcclCommunicator victim(mpi_session());
     CudaStream victim_stream;
     const std::size_t n = 1024;
-    DeviceBuffer<float> data = upload(rank_floats(victim.rank(), n, 3));
+    DeviceBuffer<float> data = to_device(rank_floats(victim.rank(), n, 3));
     const TensorView view = device_view(data.data(), DType::F32, {static_cast<std::int64_t>(n)});
     // Same size and dtype as the call that will hang, so that call needs no new connection (whose setup would
     // wait on the host for the absent peer).

@@ -31,6 +31,7 @@
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
+#include "tests/gpu/common/cuda_graph_util.h"
 #include "tests/gpu/common/gpu_test_util.h"
 
 namespace q4tp::kernels::cuda {
@@ -670,31 +671,6 @@ TEST(RopeAppendKvTest, Throws_BadArguments) {
 // ---------------------------------------------------------------------------------------------------------------
 // CUDA graph capture
 
-//! Owns a captured graph and its executable.
-class Graph {
-public:
-    Graph() = default;
-    ~Graph() {
-        if (exec_) cudaGraphExecDestroy(exec_);
-        if (graph_) cudaGraphDestroy(graph_);
-    }
-    Graph(const Graph&) = delete;
-    Graph& operator=(const Graph&) = delete;
-
-    template <typename Fn>
-    void capture(cudaStream_t stream, Fn&& body) {
-        Q4TP_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        body();
-        Q4TP_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
-        Q4TP_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
-    }
-    void launch(cudaStream_t stream) { Q4TP_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
-
-private:
-    cudaGraph_t graph_ = nullptr;
-    cudaGraphExec_t exec_ = nullptr;
-};
-
 TEST(OpsGraphTest, CapturedSequenceReplaysLikeEager_WithNewDeviceIdsAndPositions) {
     Q4TP_SKIP_WITHOUT_GPU();
     std::mt19937_64 rng(test::test_seed() + 18);
@@ -783,7 +759,7 @@ TEST(OpsGraphTest, CapturedSequenceReplaysLikeEager_WithNewDeviceIdsAndPositions
     ASSERT_NE(first_difference(eager[0][0], eager[1][0]), "");
     ASSERT_NE(first_difference(eager[0][4], eager[1][4]), "");
 
-    Graph graph;
+    test::CudaGraph graph;
     graph.capture(stream.get(), sequence);
     for (std::size_t step = 0; step < 2; ++step) {
         prepare_step(step);

@@ -6,14 +6,12 @@
 // read its predecessor's output before pdl_wait(), or wrote a buffer its predecessor still reads (sample_rows
 // rewrites the logits argmax_rows reads), would break that. The captured graphs are also checked for what PDL puts
 // in them: one programmatic edge into every kernel of ours after the first when PDL is on, none when it is off.
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <random>
 #include <string>
 #include <utility>
@@ -33,6 +31,7 @@
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
+#include "tests/gpu/common/cuda_graph_util.h"
 #include "tests/gpu/common/gpu_test_util.h"
 
 namespace q4tp::kernels::cuda {
@@ -73,43 +72,6 @@ bool device_supports_pdl() {
     Q4TP_CUDA_CHECK(cudaGetDevice(&device));
     return device_info(device).compute_capability >= 90;
 }
-
-class CublasHandle {
-public:
-    CublasHandle() { Q4TP_CUBLAS_CHECK(cublasCreate(&handle_)); }
-    ~CublasHandle() { cublasDestroy(handle_); }
-    CublasHandle(const CublasHandle&) = delete;
-    CublasHandle& operator=(const CublasHandle&) = delete;
-    cublasHandle_t get() const { return handle_; }
-
-private:
-    cublasHandle_t handle_ = nullptr;
-};
-
-//! Owns a captured graph and its executable; the graph is kept for inspection.
-class Graph {
-public:
-    Graph() = default;
-    ~Graph() {
-        if (exec_) cudaGraphExecDestroy(exec_);
-        if (graph_) cudaGraphDestroy(graph_);
-    }
-    Graph(const Graph&) = delete;
-    Graph& operator=(const Graph&) = delete;
-
-    void capture(cudaStream_t stream, const std::function<void()>& body) {
-        Q4TP_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        body();
-        Q4TP_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
-        Q4TP_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
-    }
-    void launch(cudaStream_t stream) { Q4TP_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
-    cudaGraph_t graph() const { return graph_; }
-
-private:
-    cudaGraph_t graph_ = nullptr;
-    cudaGraphExec_t exec_ = nullptr;
-};
 
 //! Kernel nodes and programmatic edges of a graph.
 struct GraphCounts {
@@ -418,7 +380,7 @@ private:
     DeviceBuffer<float> attention_ws_;
     std::size_t attention_ws_bytes_ = 0;
     DeviceBuffer<char> cublas_ws_;
-    CublasHandle cublas_;
+    test::CublasHandle cublas_;
 };
 
 //! One run of `steps` steps from the chain's initial state: eager launches or replays of one captured graph.
@@ -431,7 +393,7 @@ RunResult run_chain(Chain& chain, bool graph, bool pdl, int steps, cudaStream_t 
     const ScopedPdl scoped(pdl);
     RunResult result;
     chain.reset(s);
-    Graph captured;
+    test::CudaGraph captured;
     if (graph) {
         captured.capture(s, [&] { chain.enqueue(s); });
         result.counts = count_graph(captured.graph());
@@ -504,7 +466,7 @@ TEST_P(PdlChainTest, GraphAndEagerAgreeBitwise_WithPdlOnAndOff) {
     // launches after the first follows a kernel and gets exactly one programmatic edge when PDL is on.
     ASSERT_EQ(graph_pdl.counts.kernel_nodes, graph_plain.counts.kernel_nodes);
     if (device_supports_pdl()) {
-        Graph lm_head_only;
+        test::CudaGraph lm_head_only;
         lm_head_only.capture(s, [&] { chain.enqueue_lm_head(s); });
         const GraphCounts cublas = count_graph(lm_head_only.graph());
         const std::size_t ours = graph_pdl.counts.kernel_nodes - cublas.kernel_nodes;

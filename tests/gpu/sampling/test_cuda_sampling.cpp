@@ -23,6 +23,7 @@
 #include "kernels/cpu/softmax.h"
 #include "kernels/cuda/lm_head.h"
 #include "kernels/cuda/sampling.h"
+#include "tests/gpu/common/cuda_graph_util.h"
 #include "tests/gpu/common/gpu_test_util.h"
 #include "tests/gpu/sampling/sampling_reference.h"
 
@@ -45,41 +46,6 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
     }
     return ::testing::AssertionFailure() << "no q4tp::Error thrown (expected one mentioning '" << needle << "')";
 }
-
-//! Owns a cuBLAS handle for one test.
-class CublasHandle {
-public:
-    CublasHandle() { Q4TP_CUBLAS_CHECK(cublasCreate(&handle_)); }
-    ~CublasHandle() { cublasDestroy(handle_); }
-    CublasHandle(const CublasHandle&) = delete;
-    CublasHandle& operator=(const CublasHandle&) = delete;
-    cublasHandle_t get() const { return handle_; }
-
-private:
-    cublasHandle_t handle_ = nullptr;
-};
-
-//! A captured and instantiated CUDA graph of whatever `enqueue` puts on `stream`.
-class Graph {
-public:
-    Graph(cudaStream_t stream, const std::function<void()>& enqueue) {
-        Q4TP_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        enqueue();
-        Q4TP_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
-        Q4TP_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
-    }
-    ~Graph() {
-        cudaGraphExecDestroy(exec_);
-        cudaGraphDestroy(graph_);
-    }
-    Graph(const Graph&) = delete;
-    Graph& operator=(const Graph&) = delete;
-    void launch(cudaStream_t stream) { Q4TP_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
-
-private:
-    cudaGraph_t graph_ = nullptr;
-    cudaGraphExec_t exec_ = nullptr;
-};
 
 // ---------------------------------------------------------------------------------------------------------
 // Philox (host; no GPU needed)
@@ -185,7 +151,7 @@ TEST(LmHeadTest, GraphReplay_ReadsCurrentInputs) {
     LmHeadData data = make_lm_head_data(3, 256, 5000, rng);
     DeviceBuffer<float> logits(static_cast<std::size_t>(3 * 5000));
     const auto p = lm_head_params(data, logits, workspace);
-    Graph graph(stream.get(), [&] { kernels::cuda::lm_head(handle.get(), p, stream.get()); });
+    CudaGraph graph(stream.get(), [&] { kernels::cuda::lm_head(handle.get(), p, stream.get()); });
     for (int replay = 0; replay < 3; ++replay) {
         // New activations in the same buffer: the replay must read them, as a decode step does.
         const auto xh = to_half_bits(random_floats(data.x.size(), rng));
@@ -476,7 +442,7 @@ TEST(SamplingTest, GraphReplay_AdvancesStepAndMatchesDirectLaunches) {
         const std::uint64_t seed = test_seed();
         CudaStream stream;
         const auto params = state.params(seed, /*append=*/true);
-        Graph graph(stream.get(), [&] { kernels::cuda::sample_rows(params, stream.get()); });
+        CudaGraph graph(stream.get(), [&] { kernels::cuda::sample_rows(params, stream.get()); });
         state.set_step(1000);
         Q4TP_CUDA_CHECK(cudaDeviceSynchronize());  // the non-blocking stream does not wait for legacy-stream copies
         for (int r = 0; r < replays; ++r) graph.launch(stream.get());

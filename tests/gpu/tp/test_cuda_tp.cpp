@@ -118,19 +118,8 @@ TEST(TensorParallelCudaTest, EmbeddedModelPerplexityMatchesTransformers) {
     model::CudaOps ops;
     const auto llama = load_model(embedded_model_dir(), ops, runtime,
                                   model::ParallelContext{comm.rank(), comm.size(), &comm});
-    constexpr std::size_t kWindows = 4;
-    const std::int64_t text_window = golden.config.window - (golden.config.add_bos ? 1 : 0);
-    const auto end = static_cast<std::ptrdiff_t>(golden.config.stride * (kWindows - 1) + text_window);
-    const std::vector<std::int32_t> prefix(golden.tokens.begin(), golden.tokens.begin() + end);
-    const model::PerplexityResult result = model::evaluate_perplexity(*llama, prefix, golden.config);
-    ASSERT_EQ(result.window_nll.size(), kWindows);
-    for (std::size_t w = 0; w < kWindows; ++w) {
-        EXPECT_NEAR(result.window_nll[w], golden.gptq_window_nll[w], 1e-3 * golden.gptq_window_nll[w]) << "window " << w;
-        if (comm.rank() == 0) {
-            std::printf("[ ppl      ] TP=%d CUDA window %zu nll %.4f, transformers %.4f\n", comm.size(), w,
-                        result.window_nll[w], golden.gptq_window_nll[w]);
-        }
-    }
+    const std::string label = "TP=" + std::to_string(comm.size()) + " CUDA";
+    expect_windows_match_golden(*llama, golden, 4, comm.rank() == 0 ? label : "");
 }
 
 }  // namespace
