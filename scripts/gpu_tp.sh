@@ -29,7 +29,7 @@ cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -40 "$ou
 status=0
 mpirun_np=(mpirun --allow-run-as-root -np "$gpus" -x NCCL_NVLS_ENABLE)
 if [ "$by_binary" = 1 ]; then
-  # The distinct commands behind ctest's gpu tests, each run once.
+  # The distinct commands behind ctest's gpu tests, each run once (stdin closed: mpirun would swallow the list).
   ctest --test-dir build-gpu -L gpu --show-only=json-v1 | python3 -c '
 import json, sys
 seen = []
@@ -41,7 +41,7 @@ print("\n".join(seen))' > /tmp/gpu-test-commands.txt
   : > "$out/tests.log"
   while read -r command; do
     name=$(grep -o '[^ ]*/tests/[^ ]*' <<< "$command" | head -1); name=${name##*/}
-    if (eval "$command") >> "$out/tests.log" 2>&1; then echo "$name: passed"; else echo "$name: FAILED"; status=1; fi
+    if (eval "$command") < /dev/null >> "$out/tests.log" 2>&1; then echo "$name: passed"; else echo "$name: FAILED"; status=1; fi
   done < /tmp/gpu-test-commands.txt
 else
   ctest --test-dir build-gpu -L gpu -j 1 --output-on-failure > "$out/tests.log" 2>&1 || status=1

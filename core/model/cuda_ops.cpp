@@ -351,7 +351,7 @@ void CudaOps::fill_random(TensorView dst, std::uint64_t seed, float center, floa
 }
 
 void CudaOps::reserve_scratch(std::int64_t k, std::int64_t k_rows, std::int64_t n, std::int64_t n_padded) {
-    const auto halves = static_cast<std::size_t>(k * n_padded);
+    const auto halves = static_cast<std::size_t>(k * std::min(n_padded, kPrefillDequantColumns));
     if (dequant_scratch_.bytes() < halves * sizeof(__half)) dequant_scratch_ = DeviceBuffer<std::byte>(halves * sizeof(__half));
     gemv_workspace_needed_ =
         std::max(gemv_workspace_needed_, kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, k_rows, n));
@@ -437,20 +437,29 @@ void CudaOps::run_linear(const LinearWeights& weights, TensorView x, TensorView 
         kc::gptq_gemv(p, stream_.get());
         return;
     }
-    // Prefill: compute-bound, so dequantize the layer to fp16 once and use the tensor cores through cuBLAS.
+    // Prefill: compute-bound, so dequantize the layer to fp16 and use the tensor cores through cuBLAS, a slice of
+    // columns at a time (kPrefillDequantColumns) so that the scratch stays small.
+    static_assert(kPrefillDequantColumns % kc::kGptqDequantColumnStep == 0);
     __half* scratch = reinterpret_cast<__half*>(dequant_scratch_.data());
-    kc::GptqDequantParams dq;
-    dq.weights = w.view();
-    dq.w = scratch;
-    dq.ldw = w.n_padded_;
-    kc::gptq_dequantize(dq, stream_.get());
+    const std::int64_t slice = std::min(w.n(), kPrefillDequantColumns);
+    const std::int64_t ldw = (slice + kc::kGptqTileN - 1) / kc::kGptqTileN * kc::kGptqTileN;
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    // Row-major y[m][n] = x[m][k] . W[k][n] is column-major y^T = W^T x^T with W^T as an n_padded x k matrix.
-    Q4TP_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(w.n()), static_cast<int>(m),
-                                   static_cast<int>(w.k()), &alpha, scratch, CUDA_R_16F,
-                                   static_cast<int>(w.n_padded_), half_ptr(x), CUDA_R_16F, static_cast<int>(w.k()),
-                                   &beta, half_ptr(y), CUDA_R_16F, static_cast<int>(w.n()), CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT));
+    for (std::int64_t begin = 0; begin < w.n(); begin += slice) {
+        const std::int64_t columns = std::min(slice, w.n() - begin);
+        kc::GptqDequantParams dq;
+        dq.weights = w.view();
+        dq.w = scratch;
+        dq.ldw = ldw;
+        dq.column_begin = begin;
+        dq.columns = columns;
+        kc::gptq_dequantize(dq, stream_.get());
+        // Row-major y[m][begin..] = x[m][k] . W[k][begin..] is column-major y^T = W^T x^T, W^T a columns x k matrix.
+        Q4TP_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(columns),
+                                       static_cast<int>(m), static_cast<int>(w.k()), &alpha, scratch, CUDA_R_16F,
+                                       static_cast<int>(ldw), half_ptr(x), CUDA_R_16F, static_cast<int>(w.k()), &beta,
+                                       half_ptr(y) + begin, CUDA_R_16F, static_cast<int>(w.n()), CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT));
+    }
 }
 
 bool CudaOps::all_reduce_add_rms_norm(parallel::IpcAllReduce* group, TensorView partial, TensorView x, TensorView gain,

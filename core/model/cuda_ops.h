@@ -62,6 +62,10 @@ public:
     cudaStream_t stream() const { return stream_.get(); }
     //! Rows up to which linear() uses the fused int4 GEMV; above it, dequantize + cuBLAS (docs/design.md).
     static constexpr std::int64_t kGemvMaxRows = 8;
+    //! Prefill dequantizes a layer in slices of at most this many columns (a multiple of
+    //! kernels::cuda::kGptqDequantColumnStep), each followed by its GEMM, so the fp16 scratch holds K x 4096 halves
+    //! instead of the widest layer (70B's fused gate|up: 940 MB).
+    static constexpr std::int64_t kPrefillDequantColumns = 4096;
 
 private:
     void* allocate_bytes(std::size_t bytes);

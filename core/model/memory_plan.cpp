@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/base/error.h"
+#include "core/model/cuda_ops.h"
 #include "loaders/shard.h"
 
 namespace q4tp::model {
@@ -63,7 +64,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
     // keeps every group's scales and zeros (docs/design.md), so o_proj counts all groups; down_proj holds whole
     // groups of its own, in order even for an act-order checkpoint (the MLP's intermediate order, loaders/shard.h).
     std::size_t per_layer = 0;
-    std::int64_t largest_layer = 0, local_q = 0, local_kv = 0, local_ffn = 0;
+    std::int64_t largest_k = 0, local_q = 0, local_kv = 0, local_ffn = 0;
     for (const auto& [role, name] : kLayerRoles) {
         std::size_t worst = 0;
         for (int rank = 0; rank < tp; ++rank) {
@@ -79,7 +80,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
             const std::int64_t k_rows = padded ? k + 31 * std::min(groups_of(quant, p.k), k) : k;
             const std::int64_t groups = column || output ? groups_of(quant, p.k) : groups_of(quant, k);
             worst = std::max(worst, gptq_bytes(k_rows, n, groups));
-            largest_layer = std::max(largest_layer, k * n);
+            largest_k = std::max(largest_k, k);
             if (role == loaders::LinearRole::QueryProj) local_q = std::max(local_q, n);
             if (role == loaders::LinearRole::KeyProj) local_kv = std::max(local_kv, n);
             if (role == loaders::LinearRole::GateProj) local_ffn = std::max(local_ffn, n);
@@ -96,14 +97,16 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
 
     // Activations (fp16) for max_batch_tokens rows as LlamaModel plans them: x and h, one region shared by
     // q/k/v/attention and gate/up, the fused q|k|v and gate|up outputs, a partial-sum buffer under TP; one row
-    // of fp32 logits per rank and its all-gather; the fp16 scratch prefill dequantizes the largest local layer
-    // (fused gate|up) into.
+    // of fp32 logits per rank and its all-gather; the fp16 scratch prefill dequantizes slices of a layer into.
     const std::int64_t m = max_batch_tokens;
     const std::int64_t shared = std::max(2 * local_q + 2 * local_kv, 2 * local_ffn);
     const std::int64_t activations =
         m * ((tp > 1 ? 3 : 2) * h + shared + (local_q + 2 * local_kv) + 2 * local_ffn) * 2;
     const std::int64_t logits = (tp + 1) * vocab_local * 4;
-    plan.workspace_bytes = to_size(activations + logits + 2 * largest_layer * 2);
+    // Prefill dequantizes in column slices (CudaOps::kPrefillDequantColumns) of the widest fused layer.
+    const std::int64_t widest = std::max({2 * local_ffn, local_q + 2 * local_kv, h});
+    const std::int64_t scratch = largest_k * std::min(widest, CudaOps::kPrefillDequantColumns) * 2;
+    plan.workspace_bytes = to_size(activations + logits + scratch);
     (void)d;
     return plan;
 }

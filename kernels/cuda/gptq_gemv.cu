@@ -118,6 +118,7 @@ struct DequantArgs {
     const std::int32_t* block_groups;
     __half* w;
     long long ldw;
+    int column_begin;  // first column written (a multiple of kCtaN); w holds columns [column_begin, n)
     int n;
     int n_padded;
     int k_blocks;
@@ -376,7 +377,8 @@ __global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArg
     const int g = lane / 4;
     const int t = lane % 4;
     const int b = static_cast<int>(blockIdx.x);
-    const int tile = static_cast<int>(blockIdx.y) * kWarps + warp;
+    const int cta_column = a.column_begin + static_cast<int>(blockIdx.y) * kCtaN;
+    const int tile = cta_column / kTileN + warp;
     if (tile < a.tiles32) {
         const uint4 q = load_streaming(a.qweight + (static_cast<long long>(tile) * a.k_blocks + b) * 32 + lane);
         const int group =
@@ -408,11 +410,12 @@ __global__ void __launch_bounds__(kThreads) gptq_dequant_kernel(const DequantArg
     for (int i = static_cast<int>(threadIdx.x); i < kBlockK * kCtaN; i += kThreads) {
         const int row = i / kCtaN;
         const int c = i % kCtaN;
-        const int n = static_cast<int>(blockIdx.y) * kCtaN + c;
+        const int n = cta_column + c;
         if (n < a.n) {
             const int ks = b * kBlockK + row;
             const long long ko = a.perm != nullptr ? __ldg(a.perm + ks) : ks;
-            if (ko >= 0) a.w[ko * a.ldw + n] = tile_rows[row][c];  // filler rows have no place in W
+            // Filler rows have no place in W.
+            if (ko >= 0) a.w[ko * a.ldw + (n - a.column_begin)] = tile_rows[row][c];
         }
     }
 }
@@ -607,9 +610,14 @@ void gptq_gemv(const GptqGemvParams& p, cudaStream_t stream) {
 void gptq_dequantize(const GptqDequantParams& p, cudaStream_t stream) {
     const GptqWeights& w = p.weights;
     check_weights(w, "gptq_dequantize");
-    Q4TP_CHECK(p.w != nullptr && p.ldw >= w.n, "gptq_dequantize: output "
-                                                   << static_cast<const void*>(p.w) << " with ldw " << p.ldw
-                                                   << ", expected non-null and ldw >= N = " << w.n);
+    const std::int64_t columns = p.columns == 0 ? w.n - p.column_begin : p.columns;
+    Q4TP_CHECK(p.column_begin >= 0 && p.column_begin % kGptqDequantColumnStep == 0 && columns > 0 &&
+                   p.column_begin + columns <= w.n,
+               "gptq_dequantize: columns [" << p.column_begin << ", " << p.column_begin + columns << ") of N = " << w.n
+                                            << ", expected a start at a multiple of " << kGptqDequantColumnStep);
+    Q4TP_CHECK(p.w != nullptr && p.ldw >= columns, "gptq_dequantize: output "
+                                                       << static_cast<const void*>(p.w) << " with ldw " << p.ldw
+                                                       << ", expected non-null and ldw >= " << columns << " columns");
     DequantArgs args{};
     args.qweight = reinterpret_cast<const uint4*>(w.qweight);
     args.scales = reinterpret_cast<const uint2*>(w.scales);
@@ -618,12 +626,13 @@ void gptq_dequantize(const GptqDequantParams& p, cudaStream_t stream) {
     args.block_groups = w.block_groups;
     args.w = p.w;
     args.ldw = p.ldw;
-    args.n = static_cast<int>(w.n);
+    args.column_begin = static_cast<int>(p.column_begin);
+    args.n = static_cast<int>(p.column_begin + columns);  // the kernel writes columns [column_begin, n)
     args.n_padded = static_cast<int>(round_up(w.n, kTileN));
     args.k_blocks = static_cast<int>(prepared_rows(w) / kBlockK);
     args.tiles32 = args.n_padded / kTileN;
     args.group_blocks = static_cast<int>(std::min<std::int64_t>(w.group_size, w.k) / kBlockK);
-    const std::int64_t n_tiles = ceil_div(args.n_padded, kCtaN);
+    const std::int64_t n_tiles = ceil_div(columns, kCtaN);
     Q4TP_CHECK(n_tiles <= 65535, "gptq_dequantize: N = " << w.n << " needs " << n_tiles << " column tiles, over 65535");
     const dim3 grid(static_cast<unsigned int>(args.k_blocks), static_cast<unsigned int>(n_tiles));
     launch_kernel(gptq_dequant_kernel, grid, dim3(kThreads), 0, stream, args);

@@ -87,11 +87,19 @@ void gptq_gemv(const GptqGemvParams& params, cudaStream_t stream);
 struct GptqDequantParams {
     GptqWeights weights;
     __half* w = nullptr;   //!< [K][ldw] output, ORIGINAL row order (perm undone), so x is used as it is
-    std::int64_t ldw = 0;  //!< >= N
+    std::int64_t ldw = 0;  //!< >= the columns written
+    //! Columns [column_begin, column_begin + columns) of W land in w's columns 0.. (prefill dequantizes a wide layer
+    //! in slices so that its scratch stays small). column_begin: a multiple of kGptqDequantColumnStep; columns 0
+    //! means to the end (N - column_begin).
+    std::int64_t column_begin = 0;
+    std::int64_t columns = 0;
 };
 
-//! W[k][n] = fp16(s (q - z)) for the prefill path (dequantize, then a cuBLAS GEMM with unpermuted x), columns
-//! 0..N-1 of each row. Bit-exact with the host reference dequantizer.
+//! Column slices of gptq_dequantize start at multiples of this (one CTA's columns).
+inline constexpr std::int64_t kGptqDequantColumnStep = 256;
+
+//! W[k][n] = fp16(s (q - z)) for the prefill path (dequantize, then a cuBLAS GEMM with unpermuted x), for the
+//! requested columns of each row. Bit-exact with the host reference dequantizer.
 void gptq_dequantize(const GptqDequantParams& params, cudaStream_t stream);
 
 //! Shorthand for a dense scratch of row stride N_pad = roundup(N, 32): W [K][N_pad], padding columns unwritten.

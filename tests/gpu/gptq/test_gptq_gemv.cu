@@ -446,6 +446,44 @@ TEST_F(GptqDequantTest, BitExact_SmallShapes) {
     }
 }
 
+// Prefill dequantizes wide layers a column slice at a time (CudaOps::kPrefillDequantColumns): each slice lands in
+// columns 0.. of its own buffer, bit-exact, nothing written past the slice.
+TEST_F(GptqDequantTest, BitExact_ColumnSlices) {
+    std::mt19937_64 rng(test::test_seed() + 13);
+    for (const bool act : {false, true}) {
+        const LayerSpec spec{512, 8 * 129, 64, ZeroFormat::GptqV1, act, false};
+        SCOPED_TRACE(spec.str());
+        const TestLayer t = make_test_layer(spec, rng, false);
+        const std::vector<float> want = gptq_test::reference_dequantize(t.layer, true);
+        const std::int64_t n = spec.n;
+        for (const auto& [begin, columns] : std::vector<std::pair<std::int64_t, std::int64_t>>{
+                 {0, 256}, {256, 512}, {768, n - 768}, {512, 8}}) {
+            const std::int64_t ldw = columns + 8;
+            DeviceBuffer<std::uint16_t> dw(static_cast<std::size_t>(spec.k * ldw));
+            test::poison(dw);
+            kc::GptqDequantParams p;
+            p.weights = t.device.view();
+            p.w = reinterpret_cast<__half*>(dw.data());
+            p.ldw = ldw;
+            p.column_begin = begin;
+            p.columns = columns;
+            kc::gptq_dequantize(p, nullptr);
+            Q4TP_CUDA_CHECK(cudaDeviceSynchronize());
+            const std::vector<std::uint16_t> got = test::to_host(dw);
+            std::size_t bad = 0;
+            for (std::int64_t row = 0; row < spec.k; ++row) {
+                for (std::int64_t c = 0; c < ldw; ++c) {
+                    const float v = half_to_float(got[static_cast<std::size_t>(row * ldw + c)]);
+                    const bool ok = c < columns ? v == want[static_cast<std::size_t>(row * n + begin + c)]
+                                                : std::isnan(v);
+                    if (!ok && bad++ < 4) ADD_FAILURE() << "slice at " << begin << ": W[" << row << "][" << c << "]";
+                }
+            }
+            ASSERT_EQ(bad, 0u);
+        }
+    }
+}
+
 TEST_F(GptqDequantTest, BitExact_ActOrderRowShards) {
     std::mt19937_64 rng(test::test_seed() + 12);
     for (const auto& [begin, end] : std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 512}, {512, 1024}, {96, 736}}) {
