@@ -32,12 +32,23 @@ if [ "$by_binary" = 1 ]; then
   # The distinct commands behind ctest's gpu tests, each run once (stdin closed: mpirun would swallow the list).
   ctest --test-dir build-gpu -L gpu --show-only=json-v1 | python3 -c '
 import json, sys
-seen = []
+seen, binaries = [], set()
 for t in json.load(sys.stdin)["tests"]:
-    c = " ".join(a for a in t.get("command", []) if not a.startswith("--gtest_filter"))
-    if c and c not in seen:
-        seen.append(c)
+    args, skip = [], False
+    for a in t.get("command", []):
+        if skip:
+            skip = False
+        elif a == "--gtest_filter":  # the pattern is the next argument
+            skip = True
+        elif not a.startswith("--gtest_filter="):
+            args.append(a)
+    binary = next((a for a in args if "/tests/" in a), None)
+    if binary and binary not in binaries:  # one run per executable, whatever per-case arguments remain
+        binaries.add(binary)
+        seen.append(" ".join(args))
 print("\n".join(seen))' > /tmp/gpu-test-commands.txt
+  echo "$(wc -l < /tmp/gpu-test-commands.txt) gpu test executables"
+
   : > "$out/tests.log"
   while read -r command; do
     name=$(grep -o '[^ ]*/tests/[^ ]*' <<< "$command" | head -1); name=${name##*/}
