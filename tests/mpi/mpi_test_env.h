@@ -43,6 +43,16 @@ inline std::vector<std::uint8_t> rank_bytes(int rank, std::size_t n, std::uint64
     return v;
 }
 
+//! Rank 0's `ids` on every rank (a collective): a rank compares its own against it to show that all ranks agree.
+inline std::vector<std::int32_t> rank0_ids(const std::vector<std::int32_t>& ids) {
+    std::uint64_t count = ids.size();
+    mpi_session().broadcast_bytes(&count, sizeof(count), 0);
+    std::vector<std::int32_t> root(static_cast<std::size_t>(count));
+    if (mpi_session().rank() == 0) root = ids;
+    if (count > 0) mpi_session().broadcast_bytes(root.data(), root.size() * sizeof(std::int32_t), 0);
+    return root;
+}
+
 //! Runs `body` and returns the q4tp::Error message it throws, or "" when it throws nothing.
 template <typename Body>
 std::string error_of(Body body) {

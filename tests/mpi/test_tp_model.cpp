@@ -67,6 +67,15 @@ void expect_same_model(Models& m, const std::string& prompt_text) {
     const auto whole = model::generate(*m.whole, *m.tokenizer, prompt, greedy, nullptr);
     const auto shard = model::generate(*m.shard, *m.tokenizer, prompt, greedy, nullptr);
     EXPECT_EQ(whole.tokens, shard.tokens);
+
+    // Sampling: every rank draws for itself from the gathered logits with the shared seed, so all ranks must
+    // produce the same tokens (rank 0 prints them; the others feed them back into their own next step).
+    model::GenerationConfig sampled = greedy;
+    sampled.sampling.temperature = 0.9;
+    sampled.sampling.top_k = 20;
+    sampled.sampling.seed = 1234;
+    const auto drawn = model::generate(*m.shard, *m.tokenizer, prompt, sampled, nullptr);
+    EXPECT_EQ(drawn.tokens, rank0_ids(drawn.tokens)) << "rank " << mpi_session().rank() << " sampled other tokens";
 }
 
 TEST(TensorParallelCpuTest, FixturesMatchTp1) {

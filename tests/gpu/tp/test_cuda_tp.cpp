@@ -98,6 +98,13 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
         if (comm.rank() == 0) {
             std::printf("[ tp       ] %s: %td of 64 greedy tokens identical\n", name.c_str(), diverge);
         }
+        // Sampling on the device from the gathered logits with the shared seed: every rank draws the same tokens.
+        model::GenerationConfig sampled = greedy;
+        sampled.sampling.temperature = 0.9;
+        sampled.sampling.top_k = 20;
+        sampled.sampling.seed = 1234;
+        const auto drawn = model::generate(*shard, tokenizer, prompt, sampled, nullptr).tokens;
+        EXPECT_EQ(drawn, rank0_ids(drawn)) << "rank " << comm.rank() << " sampled other tokens";
         ++ran;
     }
     if (comm.rank() == 0) std::printf("[ tp       ] %d fixtures checked on %d GPUs\n", ran, comm.size());
