@@ -403,5 +403,40 @@ TEST(GptqGemvArgsTest, Throws_BadArguments) {
     }
 }
 
+TEST(GptqDequantArgsTest, Throws_BadColumnSlices) {
+    // Fake but aligned device addresses: the slice checks fire before anything touches the GPU.
+    alignas(16) static std::uint32_t words[64];
+    alignas(16) static std::uint16_t halves[64];
+    kc::GptqDequantParams p;
+    p.weights.qweight = words;
+    p.weights.scales = reinterpret_cast<const __half*>(halves);
+    p.weights.zeros = words;
+    p.weights.k = 4096;
+    p.weights.n = 1024;
+    p.weights.group_size = 128;
+    p.w = reinterpret_cast<__half*>(halves);
+    p.ldw = 1024;
+    const auto expect_throw = [](const kc::GptqDequantParams& params, const std::string& fragment) {
+        try {
+            kc::gptq_dequantize(params, nullptr);
+            ADD_FAILURE() << "no error; expected '" << fragment << "'";
+        } catch (const Error& e) {
+            EXPECT_NE(e.message().find(fragment), std::string::npos) << e.message();
+        }
+    };
+    auto q = p;
+    q.column_begin = 128;  // not a multiple of kGptqDequantColumnStep
+    expect_throw(q, "columns [128, 1024) of N = 1024");
+    q = p;
+    q.column_begin = 768;
+    q.columns = 512;  // past N
+    expect_throw(q, "columns [768, 1280) of N = 1024");
+    q = p;
+    q.column_begin = 256;
+    q.columns = 256;
+    q.ldw = 200;  // narrower than the slice
+    expect_throw(q, "ldw >= 256 columns");
+}
+
 }  // namespace
 }  // namespace q4tp
