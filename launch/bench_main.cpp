@@ -39,7 +39,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 struct BenchResult {
     double load_s = 0, prompt_tps = 0, best_tps = 0, worst_tps = 0, allreduce_us_per_token = 0;
@@ -66,14 +68,17 @@ double decode_speed(model::LlamaModel& llama, const std::vector<std::int32_t>& p
     auto position = static_cast<std::int64_t>(prompt.size());
     std::int32_t token = llama.forward_select(prompt, 0);
     const auto start = Clock::now();
-    for (std::int64_t i = 0; i < steps; ++i) token = llama.forward_select(std::span<const std::int32_t>(&token, 1), position++);
+    for (std::int64_t i = 0; i < steps; ++i)
+        token = llama.forward_select(std::span<const std::int32_t>(&token, 1), position++);
     return static_cast<double>(steps) / seconds_since(start);
 }
 
 // Time per token spent in all-reduce: a decode step makes two all-reduces of one hidden vector (fp16) per layer.
 // Measured alone, captured in a CUDA graph and replayed, as the decode graph replays them: NCCL's, or the one-shot
 // all-reduce fused with the residual add and RMSNorm when the job has it (then the figure includes those two ops).
-double allreduce_us_per_token(const model::ParallelContext& parallel, model::Ops& ops, std::int64_t hidden,
+double allreduce_us_per_token(const model::ParallelContext& parallel,
+                              model::Ops& ops,
+                              std::int64_t hidden,
                               std::int64_t layers) {
     cudaStream_t stream = ops.stream_handle();
     DeviceBuffer<std::uint16_t> buffer(static_cast<std::size_t>(4 * hidden));
@@ -165,7 +170,8 @@ int bench(int argc, char** argv) {
     } else {
         config = loaders::load_model_config(std::filesystem::path(model_dir) / "config.json");
         quant = loaders::load_quant_config(model_dir);
-        checkpoint = std::make_unique<loaders::Checkpoint>(loaders::Checkpoint::open(model_dir, quant.model_file_base_name));
+        checkpoint =
+            std::make_unique<loaders::Checkpoint>(loaders::Checkpoint::open(model_dir, quant.model_file_base_name));
         weights = std::make_unique<model::CheckpointWeights>(*checkpoint, quant);
     }
     model::RuntimeConfig runtime;
@@ -213,7 +219,8 @@ int bench(int argc, char** argv) {
     }
     // Average context over a run: the prompt plus half the generated tokens.
     r.best_gbps = r.best_tps * static_cast<double>(llama.decode_bytes_per_token(4 + gen_tokens / 2)) / 1e9;
-    r.worst_gbps = r.worst_tps * static_cast<double>(llama.decode_bytes_per_token(prompt_tokens + gen_tokens / 2)) / 1e9;
+    r.worst_gbps =
+        r.worst_tps * static_cast<double>(llama.decode_bytes_per_token(prompt_tokens + gen_tokens / 2)) / 1e9;
 
     if (!job.is_root()) return 0;
     // Roofline references (docs/performance.md): H100 SXM spec 3.35 TB/s; measured device copy 3.02 TB/s.
@@ -221,20 +228,20 @@ int bench(int argc, char** argv) {
     const std::string name = synthetic.empty() ? model_dir : synthetic + (act_order ? " act-order" : "");
     std::cout << std::fixed << std::setprecision(1);
     std::cout << "device: " << card << (job.size() > 1 ? " x " + std::to_string(job.size()) + " (tensor parallel)" : "")
-              << "\nmodel: " << name << " (" << r.weights_gb << " GB weights, load "
-              << std::setprecision(2) << r.load_s << " s)\n"
+              << "\nmodel: " << name << " (" << r.weights_gb << " GB weights, load " << std::setprecision(2) << r.load_s
+              << " s)\n"
               << std::setprecision(1);
     std::cout << "| measure | tokens/s | GB/s | of 3.35 TB/s | of 3.02 TB/s copy |\n|---|---|---|---|---|\n";
     std::cout << "| prompt (" << prompt_tokens << " tokens) | " << r.prompt_tps << " | - | - | - |\n";
-    std::cout << "| gen best (after 4) | " << r.best_tps << " | " << r.best_gbps << " | " << 100 * r.best_gbps / kSpecGbps
-              << "% | " << 100 * r.best_gbps / kCopyGbps << "% |\n";
+    std::cout << "| gen best (after 4) | " << r.best_tps << " | " << r.best_gbps << " | "
+              << 100 * r.best_gbps / kSpecGbps << "% | " << 100 * r.best_gbps / kCopyGbps << "% |\n";
     std::cout << "| gen worst (after " << prompt_tokens << ") | " << r.worst_tps << " | " << r.worst_gbps << " | "
               << 100 * r.worst_gbps / kSpecGbps << "% | " << 100 * r.worst_gbps / kCopyGbps << "% |\n";
     if (r.allreduce_us_per_token > 0) {
         std::cout << "all-reduce: " << r.allreduce_us_per_token << " us per token (" << 2 * config.num_hidden_layers
                   << " all-reduces of " << config.hidden_size << " fp16 values, graphed, "
-                  << (parallel.fused_all_reduce ? "one-shot fused with add + RMSNorm" : "NCCL") << ") = "
-                  << 100.0 * r.allreduce_us_per_token * 1e-6 * r.best_tps << "% of a best-case step\n";
+                  << (parallel.fused_all_reduce ? "one-shot fused with add + RMSNorm" : "NCCL")
+                  << ") = " << 100.0 * r.allreduce_us_per_token * 1e-6 * r.best_tps << "% of a best-case step\n";
     }
     std::cout << std::setprecision(2) << "memory: weights " << r.weights_gb << " GB + KV cache " << r.kv_gb
               << " GB; the model allocated " << r.engine_gb << " GB ("
@@ -248,9 +255,14 @@ int bench(int argc, char** argv) {
              << "\",\"tp\":" << job.size() << ",\"prompt_tokens\":" << prompt_tokens << ",\"gen_tokens\":" << gen_tokens
              << ",\"prompt_tps\":" << r.prompt_tps << ",\"best_tps\":" << r.best_tps << ",\"worst_tps\":" << r.worst_tps
              << ",\"best_gbps\":" << r.best_gbps << ",\"worst_gbps\":" << r.worst_gbps
-             << ",\"weights_gb\":" << r.weights_gb << ",\"kv_gb\":" << r.kv_gb << ",\"device_used_gb\":"
-             << r.device_used_gb << ",\"engine_gb\":" << r.engine_gb << ",\"load_s\":" << r.load_s << ",\"allreduce_us_per_token\":" << r.allreduce_us_per_token
-             << ",\"allreduce\":\"" << (job.size() == 1 ? "none" : parallel.fused_all_reduce ? "one-shot" : "nccl") << "\""
+             << ",\"weights_gb\":" << r.weights_gb << ",\"kv_gb\":" << r.kv_gb
+             << ",\"device_used_gb\":" << r.device_used_gb << ",\"engine_gb\":" << r.engine_gb
+             << ",\"load_s\":" << r.load_s << ",\"allreduce_us_per_token\":" << r.allreduce_us_per_token
+             << ",\"allreduce\":\""
+             << (job.size() == 1             ? "none"
+                 : parallel.fused_all_reduce ? "one-shot"
+                                             : "nccl")
+             << "\""
              << "}\n";
     }
     return 0;
@@ -259,4 +271,6 @@ int bench(int argc, char** argv) {
 }  // namespace
 }  // namespace q4tp::launch
 
-int main(int argc, char** argv) { return q4tp::launch::run_tool("q4tp-bench", argc, argv, q4tp::launch::bench); }
+int main(int argc, char** argv) {
+    return q4tp::launch::run_tool("q4tp-bench", argc, argv, q4tp::launch::bench);
+}

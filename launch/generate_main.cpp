@@ -27,8 +27,11 @@ std::string read_text_file(const std::string& path) {
     return text.str();
 }
 
-void write_logits(const std::string& path, const std::vector<float>& rows, std::int64_t vocab,
-                  const std::vector<std::int32_t>& tokens, std::int64_t prompt_tokens) {
+void write_logits(const std::string& path,
+                  const std::vector<float>& rows,
+                  std::int64_t vocab,
+                  const std::vector<std::int32_t>& tokens,
+                  std::int64_t prompt_tokens) {
     loaders::Hdf5File file = loaders::Hdf5File::create(path);
     const auto count = static_cast<std::int64_t>(rows.size()) / vocab;
     const std::vector<std::int64_t> logits_shape{count, vocab};
@@ -55,8 +58,9 @@ int generate(int argc, char** argv) {
     ArgParser args("q4tp-generate", "--model DIR --prompt TEXT [options]",
                    "Generates text from a GPTQ 4-bit Llama checkpoint. The continuation streams to stdout;\n"
                    "loading progress and speed go to stderr.");
-    args.add_string("model", "DIR", "model directory (config.json, quantization config, *.safetensors, tokenizer.model)",
-                    &model_dir, "m");
+    args.add_string("model", "DIR",
+                    "model directory (config.json, quantization config, *.safetensors, tokenizer.model)", &model_dir,
+                    "m");
     args.add_string("prompt", "TEXT", "the prompt", &prompt, "p");
     args.add_string("file", "FILE", "read the prompt from a file instead", &prompt_file, "f");
     args.add_int("max-new-tokens", "N", "tokens to generate at most", &max_new_tokens, "n");
@@ -72,8 +76,8 @@ int generate(int argc, char** argv) {
     args.add_flag("no-bos", "do not prepend the BOS token to the prompt", &no_bos);
     args.add_flag("no-display-prompt", "print only the continuation, not the prompt", &no_display_prompt);
     args.add_string("device", "DEV", "auto, cpu or cuda (auto: cuda when a GPU is present)", &device);
-    args.add_int("ctx-size", "N", "context length in tokens; 0 = min(max_position_embeddings, 4096)",
-                 &session.context, "c");
+    args.add_int("ctx-size", "N", "context length in tokens; 0 = min(max_position_embeddings, 4096)", &session.context,
+                 "c");
     args.add_int("batch-tokens", "N", "prompt tokens per forward pass", &session.batch_tokens);
     args.add_string("logits-out", "FILE.h5", "write the logits of every step and the tokens to an HDF5 file",
                     &logits_out);

@@ -20,8 +20,8 @@ ModelSession::ModelSession(const SessionOptions& options, Job& job) {
                tokenizer_path.string() << " is missing: q4tp needs the sentencepiece tokenizer.model");
     tokenizer_ = std::make_unique<loaders::Tokenizer>(loaders::Tokenizer::load(tokenizer_path));
     Q4TP_CHECK(tokenizer_->vocab_size() <= config_.vocab_size,
-               tokenizer_path.string() << " has " << tokenizer_->vocab_size() << " pieces but config.json's vocab_size is "
-                                       << config_.vocab_size);
+               tokenizer_path.string() << " has " << tokenizer_->vocab_size()
+                                       << " pieces but config.json's vocab_size is " << config_.vocab_size);
     const loaders::Checkpoint checkpoint = loaders::Checkpoint::open(dir, quant_.model_file_base_name);
 
     model::RuntimeConfig runtime;
@@ -31,12 +31,13 @@ ModelSession::ModelSession(const SessionOptions& options, Job& job) {
     runtime.all_logits = options.all_logits;
     Q4TP_CHECK(runtime.max_batch_tokens > 0, "--batch-tokens must be positive, got " << runtime.max_batch_tokens);
     ops_ = job.make_backend(options.device);
-    Q4TP_LOG_INFO("loading " << dir.string() << " (" << checkpoint.source() << ") on " << ops_->name()
-                             << ", context " << runtime.max_context << " tokens"
+    Q4TP_LOG_INFO("loading " << dir.string() << " (" << checkpoint.source() << ") on " << ops_->name() << ", context "
+                             << runtime.max_context << " tokens"
                              << (job.size() > 1 ? ", tensor-parallel over " + std::to_string(job.size()) + " ranks"
                                                 : std::string()));
     model::CheckpointWeights weights(checkpoint, quant_);
-    model_ = std::make_unique<model::LlamaModel>(config_, quant_, weights, *ops_, runtime, job.parallel(config_.hidden_size));
+    model_ = std::make_unique<model::LlamaModel>(config_, quant_, weights, *ops_, runtime,
+                                                 job.parallel(config_.hidden_size));
 }
 
 ModelSession::~ModelSession() = default;

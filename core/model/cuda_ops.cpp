@@ -33,9 +33,15 @@ namespace {
 
 namespace kc = kernels::cuda;
 
-__half* half_ptr(const TensorView& t) { return static_cast<__half*>(t.data); }
-std::int64_t last_dim(const TensorView& t) { return t.shape[t.shape.rank() - 1]; }
-std::int64_t outer_rows(const TensorView& t) { return t.numel() / last_dim(t); }
+__half* half_ptr(const TensorView& t) {
+    return static_cast<__half*>(t.data);
+}
+std::int64_t last_dim(const TensorView& t) {
+    return t.shape[t.shape.rank() - 1];
+}
+std::int64_t outer_rows(const TensorView& t) {
+    return t.numel() / last_dim(t);
+}
 
 void expect_device(const TensorView& t, DType dtype, const char* what) {
     Q4TP_CHECK(t.device == Device::Cuda && t.dtype == dtype,
@@ -45,8 +51,12 @@ void expect_device(const TensorView& t, DType dtype, const char* what) {
 
 // A GPTQ layer in the GEMV's prepared layout (kernels/cuda/gptq_prepare.h), resident on the device.
 class CudaLinear final : public LinearWeights {
-public:
-    CudaLinear(std::int64_t k, std::int64_t k_rows, std::int64_t n, std::int64_t n_padded, std::int64_t group_size,
+   public:
+    CudaLinear(std::int64_t k,
+               std::int64_t k_rows,
+               std::int64_t n,
+               std::int64_t n_padded,
+               std::int64_t group_size,
                std::int64_t num_groups)
         : k_(k), k_rows_(k_rows), n_(n), n_padded_(n_padded), group_size_(group_size), num_groups_(num_groups) {}
 
@@ -85,7 +95,7 @@ public:
 // Philox key and step, penalty ring), so a captured step replays with whatever reset() last copied; only the
 // variant (argmax or sampling, the ring's length) is fixed at capture.
 class CudaTokenSelector final : public TokenSelector {
-public:
+   public:
     CudaTokenSelector(std::int64_t vocab, std::int64_t max_history, cudaStream_t stream)
         : vocab_(vocab),
           max_history_(max_history),
@@ -162,7 +172,7 @@ public:
 
     std::int64_t vocab() const { return vocab_; }
 
-private:
+   private:
     void copy_to_device(void* dst, const void* src, std::size_t bytes) {
         Q4TP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
     }
@@ -236,8 +246,8 @@ void CudaOps::upload(const void* src, DType src_dtype, TensorView dst) {
         }
         from = converted.data();
     } else {
-        Q4TP_CHECK(src_dtype == dst.dtype, "cuda backend: cannot upload " << to_string(src_dtype) << " into "
-                                                                          << to_string(dst.dtype));
+        Q4TP_CHECK(src_dtype == dst.dtype,
+                   "cuda backend: cannot upload " << to_string(src_dtype) << " into " << to_string(dst.dtype));
     }
     Q4TP_CUDA_CHECK(cudaMemcpyAsync(dst.data, from, dst.bytes(), cudaMemcpyHostToDevice, stream_.get()));
     Q4TP_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
@@ -309,7 +319,8 @@ std::unique_ptr<LinearWeights> CudaOps::make_synthetic_linear(const SyntheticLin
         std::shuffle(order.begin(), order.end(), std::mt19937_64(spec.layout_seed));
         std::vector<std::int32_t> g_idx(static_cast<std::size_t>(spec.full_k));
         for (std::size_t j = 0; j < order.size(); ++j) {
-            g_idx[static_cast<std::size_t>(order[j])] = static_cast<std::int32_t>(static_cast<std::int64_t>(j) / group_size);
+            g_idx[static_cast<std::size_t>(order[j])] =
+                static_cast<std::int32_t>(static_cast<std::int64_t>(j) / group_size);
         }
         layout = kc::gptq_row_layout(std::span<const std::int32_t>(g_idx).subspan(
                                          static_cast<std::size_t>(spec.row_begin), static_cast<std::size_t>(spec.k)),
@@ -352,7 +363,8 @@ void CudaOps::fill_random(TensorView dst, std::uint64_t seed, float center, floa
 
 void CudaOps::reserve_scratch(std::int64_t k, std::int64_t k_rows, std::int64_t n, std::int64_t n_padded) {
     const auto halves = static_cast<std::size_t>(k * std::min(n_padded, kPrefillDequantColumns));
-    if (dequant_scratch_.bytes() < halves * sizeof(__half)) dequant_scratch_ = DeviceBuffer<std::byte>(halves * sizeof(__half));
+    if (dequant_scratch_.bytes() < halves * sizeof(__half))
+        dequant_scratch_ = DeviceBuffer<std::byte>(halves * sizeof(__half));
     gemv_workspace_needed_ =
         std::max(gemv_workspace_needed_, kc::gptq_gemv_workspace_bytes(kc::kGptqGemvMaxM, k_rows, n));
 }
@@ -371,7 +383,9 @@ void CudaOps::plan_attention(const AttentionPlan& plan) {
     }
 }
 
-void CudaOps::synchronize() { stream_.synchronize(); }
+void CudaOps::synchronize() {
+    stream_.synchronize();
+}
 
 void CudaOps::run_step(int key, const std::function<void()>& step) {
     auto found = graphs_.find(key);
@@ -408,9 +422,13 @@ void CudaOps::rms_norm(TensorView x, TensorView weight, float eps, TensorView ou
     kc::rms_norm(half_ptr(x), half_ptr(weight), outer_rows(x), last_dim(x), eps, half_ptr(out), stream_.get());
 }
 
-void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) { run_linear(weights, x, y, false); }
+void CudaOps::linear(const LinearWeights& weights, TensorView x, TensorView y) {
+    run_linear(weights, x, y, false);
+}
 
-void CudaOps::linear_add(const LinearWeights& weights, TensorView x, TensorView y) { run_linear(weights, x, y, true); }
+void CudaOps::linear_add(const LinearWeights& weights, TensorView x, TensorView y) {
+    run_linear(weights, x, y, true);
+}
 
 void CudaOps::run_linear(const LinearWeights& weights, TensorView x, TensorView y, bool accumulate) {
     const auto& w = static_cast<const CudaLinear&>(weights);
@@ -454,16 +472,15 @@ void CudaOps::run_linear(const LinearWeights& weights, TensorView x, TensorView 
         dq.columns = columns;
         kc::gptq_dequantize(dq, stream_.get());
         // Row-major y[m][begin..] = x[m][k] . W[k][begin..] is column-major y^T = W^T x^T, W^T a columns x k matrix.
-        Q4TP_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(columns),
-                                       static_cast<int>(m), static_cast<int>(w.k()), &alpha, scratch, CUDA_R_16F,
-                                       static_cast<int>(ldw), half_ptr(x), CUDA_R_16F, static_cast<int>(w.k()), &beta,
-                                       half_ptr(y) + begin, CUDA_R_16F, static_cast<int>(w.n()), CUBLAS_COMPUTE_32F,
-                                       CUBLAS_GEMM_DEFAULT));
+        Q4TP_CUBLAS_CHECK(cublasGemmEx(
+            cublas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(columns), static_cast<int>(m), static_cast<int>(w.k()),
+            &alpha, scratch, CUDA_R_16F, static_cast<int>(ldw), half_ptr(x), CUDA_R_16F, static_cast<int>(w.k()), &beta,
+            half_ptr(y) + begin, CUDA_R_16F, static_cast<int>(w.n()), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
 }
 
-bool CudaOps::all_reduce_add_rms_norm(parallel::IpcAllReduce* group, TensorView partial, TensorView x, TensorView gain,
-                                      float eps, TensorView out) {
+bool CudaOps::all_reduce_add_rms_norm(
+    parallel::IpcAllReduce* group, TensorView partial, TensorView x, TensorView gain, float eps, TensorView out) {
     if (group == nullptr) return false;
     const std::int64_t m = outer_rows(x);
     if (m > group->max_tokens() || last_dim(x) != group->hidden()) return false;
@@ -472,10 +489,9 @@ bool CudaOps::all_reduce_add_rms_norm(parallel::IpcAllReduce* group, TensorView 
     expect_device(gain, DType::F16, "norm weight");
     expect_device(out, DType::F16, "norm output");
     Q4TP_CHECK(partial.numel() == x.numel() && out.numel() == x.numel() && gain.numel() == last_dim(x),
-               "cuda backend: fused all-reduce + rms_norm got partial " << partial.shape.str() << ", x "
-                                                                        << x.shape.str() << ", gain "
-                                                                        << gain.shape.str() << ", out "
-                                                                        << out.shape.str());
+               "cuda backend: fused all-reduce + rms_norm got partial "
+                   << partial.shape.str() << ", x " << x.shape.str() << ", gain " << gain.shape.str() << ", out "
+                   << out.shape.str());
     kc::LamportGroup g;
     g.peer_buffers = group->peer_table();
     g.state = group->state();
@@ -538,8 +554,9 @@ void CudaOps::copy_columns(TensorView src, std::int64_t column, TensorView dst) 
     const std::size_t element = dtype_size(src.dtype);
     Q4TP_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, static_cast<std::size_t>(width) * element,
                                       static_cast<const char*>(src.data) + static_cast<std::size_t>(column) * element,
-                                      static_cast<std::size_t>(total) * element, static_cast<std::size_t>(width) * element,
-                                      static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, stream_.get()));
+                                      static_cast<std::size_t>(total) * element,
+                                      static_cast<std::size_t>(width) * element, static_cast<std::size_t>(rows),
+                                      cudaMemcpyDeviceToDevice, stream_.get()));
 }
 
 void CudaOps::silu_mul(TensorView gate, TensorView up, TensorView out) {

@@ -15,12 +15,12 @@ namespace q4tp::model {
 
 // One decoder layer's weights (names as in the Hugging Face checkpoint, docs/formats.md §2.1).
 struct LlamaModel::Layer {
-    TensorView input_norm;                   //!< [H] input_layernorm
-    TensorView post_norm;                    //!< [H] post_attention_layernorm
-    std::unique_ptr<LinearWeights> q_proj;   //!< H -> nh*d
-    std::unique_ptr<LinearWeights> k_proj;   //!< H -> nkv*d
-    std::unique_ptr<LinearWeights> v_proj;   //!< H -> nkv*d
-    std::unique_ptr<LinearWeights> o_proj;   //!< nh*d -> H
+    TensorView input_norm;                     //!< [H] input_layernorm
+    TensorView post_norm;                      //!< [H] post_attention_layernorm
+    std::unique_ptr<LinearWeights> q_proj;     //!< H -> nh*d
+    std::unique_ptr<LinearWeights> k_proj;     //!< H -> nkv*d
+    std::unique_ptr<LinearWeights> v_proj;     //!< H -> nkv*d
+    std::unique_ptr<LinearWeights> o_proj;     //!< nh*d -> H
     std::unique_ptr<LinearWeights> gate_proj;  //!< H -> I
     std::unique_ptr<LinearWeights> up_proj;    //!< H -> I
     std::unique_ptr<LinearWeights> down_proj;  //!< I -> H
@@ -31,24 +31,24 @@ struct LlamaModel::Layer {
 
 // Activations for up to max_batch_tokens tokens, allocated once (nothing is allocated per forward).
 struct LlamaModel::Workspace {
-    TensorView ids;        //!< I32 [M]
-    TensorView positions;  //!< I32 [M]
-    TensorView x;          //!< [M][H] residual stream
-    TensorView h;          //!< [M][H] normed input of a block
-    TensorView q;          //!< [M][nh*d]  (q, k, v, attn, gate and up share one region, by phase)
-    TensorView k;          //!< [M][nkv*d]
-    TensorView v;          //!< [M][nkv*d]
-    TensorView attn;       //!< [M][nh*d]
-    TensorView proj;       //!< [M][H] a row-parallel layer's partial output before the all-reduce (TP > 1 only)
-    TensorView gate;       //!< [M][I]
-    TensorView up;         //!< [M][I]
-    TensorView act;        //!< [M][I] silu(gate) * up, written over gate
-    TensorView qkv;        //!< [M][nh*d + 2 nkv*d] fused q|k|v output
-    TensorView gate_up;    //!< [M][2 I] fused gate|up output
-    TensorView logits;     //!< F32 [M][V_padded] this rank's vocabulary slice
-    TensorView gathered;   //!< F32 [size][M][V_padded] every rank's slice (size > 1 only)
+    TensorView ids;            //!< I32 [M]
+    TensorView positions;      //!< I32 [M]
+    TensorView x;              //!< [M][H] residual stream
+    TensorView h;              //!< [M][H] normed input of a block
+    TensorView q;              //!< [M][nh*d]  (q, k, v, attn, gate and up share one region, by phase)
+    TensorView k;              //!< [M][nkv*d]
+    TensorView v;              //!< [M][nkv*d]
+    TensorView attn;           //!< [M][nh*d]
+    TensorView proj;           //!< [M][H] a row-parallel layer's partial output before the all-reduce (TP > 1 only)
+    TensorView gate;           //!< [M][I]
+    TensorView up;             //!< [M][I]
+    TensorView act;            //!< [M][I] silu(gate) * up, written over gate
+    TensorView qkv;            //!< [M][nh*d + 2 nkv*d] fused q|k|v output
+    TensorView gate_up;        //!< [M][2 I] fused gate|up output
+    TensorView logits;         //!< F32 [M][V_padded] this rank's vocabulary slice
+    TensorView gathered;       //!< F32 [size][M][V_padded] every rank's slice (size > 1 only)
     TensorView selection_row;  //!< F32 [V] the last position's complete logits row, which select_token reads
-    std::vector<float> host_gathered;  //!< [size][M][V_padded] reordered into [M][V] on the host
+    std::vector<float> host_gathered;          //!< [size][M][V_padded] reordered into [M][V] on the host
     std::vector<std::int32_t> host_positions;  //!< [M]
 };
 
@@ -60,7 +60,9 @@ std::string format_gb(std::size_t bytes) {
     return oss.str();
 }
 
-std::string layer_prefix(std::int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+std::string layer_prefix(std::int64_t i) {
+    return "model.layers." + std::to_string(i) + ".";
+}
 
 // Ops::run_step keys of the captured single-token steps: one that ends in logits, and one per selection variant
 // (TokenSelector::graph_variant) that ends in a selected id.
@@ -78,32 +80,38 @@ void validate_config(const ModelConfig& c) {
 
 namespace {
 // The split of layer 0's projections fixes every layer's local dimensions (all layers have one shape).
-loaders::SplitPlan plan_of(loaders::LinearRole role, const std::string& name, const ModelConfig& config,
-                           const QuantConfig& quant, const ParallelContext& par) {
+loaders::SplitPlan plan_of(loaders::LinearRole role,
+                           const std::string& name,
+                           const ModelConfig& config,
+                           const QuantConfig& quant,
+                           const ParallelContext& par) {
     return loaders::plan_split(name, role, config, quant, par.rank, par.size);
 }
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, WeightSource& weights, Ops& ops,
-                       const RuntimeConfig& runtime, const ParallelContext& parallel)
+LlamaModel::LlamaModel(const ModelConfig& config,
+                       const QuantConfig& quant,
+                       WeightSource& weights,
+                       Ops& ops,
+                       const RuntimeConfig& runtime,
+                       const ParallelContext& parallel)
     : config_(config),
       ops_(ops),
       runtime_(runtime),
       parallel_(parallel),
       heads_local_(plan_of(loaders::LinearRole::QueryProj, "model.layers.0.self_attn.q_proj", config, quant, parallel)
                        .heads.size()),
-      kv_heads_local_(plan_of(loaders::LinearRole::KeyProj, "model.layers.0.self_attn.k_proj", config, quant,
-                              parallel)
+      kv_heads_local_(plan_of(loaders::LinearRole::KeyProj, "model.layers.0.self_attn.k_proj", config, quant, parallel)
                           .heads.size()),
-      ffn_local_(plan_of(loaders::LinearRole::GateProj, "model.layers.0.mlp.gate_proj", config, quant, parallel)
-                     .range.size()),
+      ffn_local_(
+          plan_of(loaders::LinearRole::GateProj, "model.layers.0.mlp.gate_proj", config, quant, parallel).range.size()),
       cache_(ops, config.num_hidden_layers, kv_heads_local_, config.head_dim, runtime.max_context) {
     validate_config(config_);
     Q4TP_CHECK(runtime.max_batch_tokens > 0, "max_batch_tokens must be positive");
-    Q4TP_CHECK(parallel_.size == 1 || parallel_.comm != nullptr, "tensor parallelism over " << parallel_.size
-                                                                                           << " ranks needs a communicator");
-    const loaders::IndexRange vocab = loaders::vocab_range("lm_head.weight", config_.vocab_size, parallel_.rank,
-                                                           parallel_.size);
+    Q4TP_CHECK(parallel_.size == 1 || parallel_.comm != nullptr,
+               "tensor parallelism over " << parallel_.size << " ranks needs a communicator");
+    const loaders::IndexRange vocab =
+        loaders::vocab_range("lm_head.weight", config_.vocab_size, parallel_.rank, parallel_.size);
     vocab_local_ = vocab.size();
     // Equal slices keep the all-gathered logits a plain [size][rows][V / size] block.
     Q4TP_CHECK(config_.vocab_size % parallel_.size == 0,
@@ -153,8 +161,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, const QuantConfig& quant, Weig
     // Selection reads one complete row on every rank. The all-gather of a single row is already that row in
     // vocabulary order: rank r's slice [r V/size, (r + 1) V/size) lands at offset r * V_padded, and V_padded is
     // V / size exactly (checked above), so no stitching is needed on the device.
-    ws_->selection_row = (parallel_.size > 1 ? ws_->gathered : ws_->logits).reshaped(
-        Shape{ws_->logits.numel() * parallel_.size}).rows(0, config_.vocab_size);
+    ws_->selection_row = (parallel_.size > 1 ? ws_->gathered : ws_->logits)
+                             .reshaped(Shape{ws_->logits.numel() * parallel_.size})
+                             .rows(0, config_.vocab_size);
     // The selection history is the prompt plus one id per forward pass: at most the context plus the id picked
     // from its last position.
     selector_ = ops_.make_token_selector(config_.vocab_size, cache_.capacity() + 1);
@@ -224,8 +233,8 @@ void LlamaModel::load_weights(WeightSource& weights, const QuantConfig& quant) {
     }
     final_norm_ = load_dense("model.norm.weight", Shape{hidden});
     // The lm_head is split by vocabulary rows; tied to the embedding, its rows come from the table.
-    const loaders::IndexRange vocab = loaders::vocab_range("lm_head.weight", config_.vocab_size, parallel_.rank,
-                                                           parallel_.size);
+    const loaders::IndexRange vocab =
+        loaders::vocab_range("lm_head.weight", config_.vocab_size, parallel_.rank, parallel_.size);
     const std::string head_name = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
     Q4TP_CHECK(config_.tie_word_embeddings || weights.has("lm_head.weight"),
                "lm_head.weight is missing from the checkpoint and config.json does not set tie_word_embeddings");
@@ -238,8 +247,8 @@ void LlamaModel::load_weights(WeightSource& weights, const QuantConfig& quant) {
     ops_.synchronize();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     Q4TP_LOG_INFO("loaded " << format_gb(weight_bytes_) << " of weights in " << std::fixed << std::setprecision(2)
-                            << seconds << " s (" << (seconds > 0 ? weight_bytes_ / 1e9 / seconds : 0.0)
-                            << " GB/s) on " << ops_.name());
+                            << seconds << " s (" << (seconds > 0 ? weight_bytes_ / 1e9 / seconds : 0.0) << " GB/s) on "
+                            << ops_.name());
 }
 
 std::size_t LlamaModel::decode_bytes_per_token(std::int64_t context) const {
@@ -257,8 +266,8 @@ const RopeFrequencies& LlamaModel::rope_for(std::int64_t seq_len) {
     const bool dynamic = config_.rope_scaling.type == RopeType::Dynamic;
     const std::int64_t key = dynamic ? std::max(seq_len, config_.max_position_embeddings) : 0;
     if (key == rope_seq_len_) return rope_;
-    const kernels::cpu::RopeFrequencies freqs = dynamic ? kernels::cpu::rope_inv_freq_dynamic(config_, key)
-                                                    : kernels::cpu::rope_inv_freq(config_);
+    const kernels::cpu::RopeFrequencies freqs =
+        dynamic ? kernels::cpu::rope_inv_freq_dynamic(config_, key) : kernels::cpu::rope_inv_freq(config_);
     if (!rope_.inv_freq.data) rope_.inv_freq = ops_.allocate(DType::F32, Shape{config_.head_dim / 2});
     ops_.upload(freqs.inv_freq.data(), DType::F32, rope_.inv_freq);
     rope_.attention_scaling = freqs.attention_scaling;
@@ -266,8 +275,11 @@ const RopeFrequencies& LlamaModel::rope_for(std::int64_t seq_len) {
     return rope_;
 }
 
-void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
-                         std::vector<float>& logits, const HiddenObserver* observer) {
+void LlamaModel::forward(std::span<const std::int32_t> tokens,
+                         std::int64_t past_len,
+                         LogitsMode mode,
+                         std::vector<float>& logits,
+                         const HiddenObserver* observer) {
     Q4TP_CHECK(mode == LogitsMode::LastOnly || runtime_.all_logits,
                "logits of every position were requested but the model was planned without room for them");
     const auto vocab = static_cast<std::size_t>(config_.vocab_size);
@@ -288,17 +300,21 @@ std::int32_t LlamaModel::forward_select(std::span<const std::int32_t> tokens, st
     return selected_;
 }
 
-void LlamaModel::run_chunks(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
-                            float* logits_out, bool select, const HiddenObserver* observer) {
+void LlamaModel::run_chunks(std::span<const std::int32_t> tokens,
+                            std::int64_t past_len,
+                            LogitsMode mode,
+                            float* logits_out,
+                            bool select,
+                            const HiddenObserver* observer) {
     const auto total = static_cast<std::int64_t>(tokens.size());
     Q4TP_CHECK(total > 0, "forward() needs at least one token");
-    Q4TP_CHECK(past_len >= 0 && past_len + total <= cache_.capacity(),
-               "sequence of " << past_len + total << " tokens exceeds the context of " << cache_.capacity()
-                              << " tokens");
+    Q4TP_CHECK(
+        past_len >= 0 && past_len + total <= cache_.capacity(),
+        "sequence of " << past_len + total << " tokens exceeds the context of " << cache_.capacity() << " tokens");
     for (const std::int32_t id : tokens) {
         // Checked here because the GPU embedding gather cannot report a bad id.
-        Q4TP_CHECK(id >= 0 && id < config_.vocab_size, "token id " << id << " is outside the vocabulary of "
-                                                                   << config_.vocab_size);
+        Q4TP_CHECK(id >= 0 && id < config_.vocab_size,
+                   "token id " << id << " is outside the vocabulary of " << config_.vocab_size);
     }
     const auto vocab = static_cast<std::size_t>(config_.vocab_size);
     for (std::int64_t begin = 0; begin < total; begin += runtime_.max_batch_tokens) {
@@ -309,16 +325,20 @@ void LlamaModel::run_chunks(std::span<const std::int32_t> tokens, std::int64_t p
             out = mode == LogitsMode::All ? logits_out + static_cast<std::size_t>(begin) * vocab
                                           : (last_chunk ? logits_out : nullptr);
         }
-        forward_chunk(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(m)),
-                      past_len + begin, mode, out, select && last_chunk, observer);
+        forward_chunk(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(m)), past_len + begin,
+                      mode, out, select && last_chunk, observer);
     }
     // The one-shot all-reduce cannot raise an error from the device: a call whose peer never delivered gives up
     // after its timeout and marks the group. Surface that here (a 4-byte read; the step has finished anyway).
     if (parallel_.fused_all_reduce) parallel_.fused_all_reduce->check(ops_.stream_handle());
 }
 
-void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens, std::int64_t past_len, LogitsMode mode,
-                               float* logits_out, bool select, const HiddenObserver* observer) {
+void LlamaModel::forward_chunk(std::span<const std::int32_t> tokens,
+                               std::int64_t past_len,
+                               LogitsMode mode,
+                               float* logits_out,
+                               bool select,
+                               const HiddenObserver* observer) {
     Workspace& ws = *ws_;
     const auto m = static_cast<std::int64_t>(tokens.size());
     for (std::int64_t i = 0; i < m; ++i) {
@@ -407,8 +427,8 @@ void LlamaModel::split_columns(TensorView fused, std::initializer_list<TensorVie
     }
 }
 
-void LlamaModel::add_row_parallel(const LinearWeights& weights, TensorView input, TensorView x, TensorView gain,
-                                  TensorView h) {
+void LlamaModel::add_row_parallel(
+    const LinearWeights& weights, TensorView input, TensorView x, TensorView gain, TensorView h) {
     const auto eps = static_cast<float>(config_.rms_norm_eps);
     if (parallel_.size == 1) {
         ops_.linear_add(weights, input, x);  // the residual add fused into the GEMV epilogue
@@ -424,8 +444,8 @@ void LlamaModel::add_row_parallel(const LinearWeights& weights, TensorView input
     ops_.rms_norm(x, gain, eps, h);
 }
 
-void LlamaModel::decoder_layer(const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len,
-                               TensorView next_gain) {
+void LlamaModel::decoder_layer(
+    const Layer& layer, std::int64_t index, std::int64_t m, std::int64_t past_len, TensorView next_gain) {
     Workspace& ws = *ws_;
     const std::int64_t nh = heads_local_;
     const std::int64_t nkv = kv_heads_local_;

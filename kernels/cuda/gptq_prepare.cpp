@@ -68,7 +68,8 @@ GptqRowLayout gptq_row_layout(std::span<const std::int32_t> g_idx, std::int64_t 
     bool exact = k % kGptqBlockK == 0;
     bool in_order = true;
     for (std::int64_t g = 0; g < num_groups; ++g) {
-        exact = exact && count[static_cast<std::size_t>(g)] == std::clamp<std::int64_t>(k - g * group_size, 0, group_size);
+        exact =
+            exact && count[static_cast<std::size_t>(g)] == std::clamp<std::int64_t>(k - g * group_size, 0, group_size);
     }
     for (std::int64_t j = 0; j < k; ++j) in_order = in_order && sorted[static_cast<std::size_t>(j)] == j;
 
@@ -203,16 +204,16 @@ std::vector<float> gptq_prepared_dequantize(const GptqPrepared& p) {
     Q4TP_CHECK(p.k_rows >= p.k && p.k_rows % kGptqBlockK == 0,
                "gptq_prepared_dequantize: K_rows " << p.k_rows << " for K " << p.k);
     const std::int64_t k_blocks = p.k_rows / kGptqBlockK;
-    Q4TP_CHECK(p.block_groups.empty() || p.block_groups.size() == static_cast<std::size_t>(k_blocks),
-               "gptq_prepared_dequantize: block_groups holds " << p.block_groups.size() << " entries, expected "
-                                                                << k_blocks);
+    Q4TP_CHECK(
+        p.block_groups.empty() || p.block_groups.size() == static_cast<std::size_t>(k_blocks),
+        "gptq_prepared_dequantize: block_groups holds " << p.block_groups.size() << " entries, expected " << k_blocks);
     Q4TP_CHECK(
         p.qweight.size() == static_cast<std::size_t>(p.n_padded / kGptqTileN * k_blocks * kLanes * kWordsPerLane),
         "gptq_prepared_dequantize: qweight holds " << p.qweight.size() << " words, expected "
                                                    << p.n_padded / kGptqTileN * k_blocks * kLanes * kWordsPerLane);
-    Q4TP_CHECK(p.perm.empty() || p.perm.size() == static_cast<std::size_t>(p.k_rows),
-               "gptq_prepared_dequantize: perm holds " << p.perm.size() << " entries, expected 0 or K_rows = "
-                                                       << p.k_rows);
+    Q4TP_CHECK(
+        p.perm.empty() || p.perm.size() == static_cast<std::size_t>(p.k_rows),
+        "gptq_prepared_dequantize: perm holds " << p.perm.size() << " entries, expected 0 or K_rows = " << p.k_rows);
     std::vector<float> w(static_cast<std::size_t>(p.k * p.n));
     for (std::int64_t row = 0; row < p.k_rows; ++row) {  // sorted row
         const std::int64_t b = row / kGptqBlockK;

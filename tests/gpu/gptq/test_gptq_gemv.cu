@@ -292,12 +292,12 @@ TEST_F(GptqGemvTest, MatchesReference_ActOrderRowShards) {
         std::int64_t begin, end;
     };
     const std::vector<Case> cases = {
-        {{1024, 96, 128, ZeroFormat::GptqV1, true, false}, 0, 512},      // TP=2 rank 0
-        {{1024, 96, 64, ZeroFormat::GptqV2, true, true}, 512, 1024},     // TP=2 rank 1
-        {{1024, 296, 32, ZeroFormat::GptqV1, true, false}, 256, 512},    // TP=4 rank 1
-        {{2048, 520, 128, ZeroFormat::GptqV1, true, true}, 96, 1376},    // uneven cut, not group aligned
+        {{1024, 96, 128, ZeroFormat::GptqV1, true, false}, 0, 512},        // TP=2 rank 0
+        {{1024, 96, 64, ZeroFormat::GptqV2, true, true}, 512, 1024},       // TP=2 rank 1
+        {{1024, 296, 32, ZeroFormat::GptqV1, true, false}, 256, 512},      // TP=4 rank 1
+        {{2048, 520, 128, ZeroFormat::GptqV1, true, true}, 96, 1376},      // uneven cut, not group aligned
         {{8192, 1024, 128, ZeroFormat::GptqV2, true, false}, 4096, 8192},  // 70B o_proj rows at TP=2, split-K
-        {{2048, 96, 128, ZeroFormat::GptqV1, false, false}, 1024, 2048},  // in order: stays unpadded
+        {{2048, 96, 128, ZeroFormat::GptqV1, false, false}, 1024, 2048},   // in order: stays unpadded
     };
     for (const Case& c : cases) {
         SCOPED_TRACE(c.full.str() + " rows [" + std::to_string(c.begin) + ", " + std::to_string(c.end) + ")");
@@ -456,8 +456,8 @@ TEST_F(GptqDequantTest, BitExact_ColumnSlices) {
         const TestLayer t = make_test_layer(spec, rng, false);
         const std::vector<float> want = gptq_test::reference_dequantize(t.layer, true);
         const std::int64_t n = spec.n;
-        for (const auto& [begin, columns] : std::vector<std::pair<std::int64_t, std::int64_t>>{
-                 {0, 256}, {256, 512}, {768, n - 768}, {512, 8}}) {
+        for (const auto& [begin, columns] :
+             std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 256}, {256, 512}, {768, n - 768}, {512, 8}}) {
             const std::int64_t ldw = columns + 8;
             DeviceBuffer<std::uint16_t> dw(static_cast<std::size_t>(spec.k * ldw));
             test::poison(dw);
@@ -474,8 +474,8 @@ TEST_F(GptqDequantTest, BitExact_ColumnSlices) {
             for (std::int64_t row = 0; row < spec.k; ++row) {
                 for (std::int64_t c = 0; c < ldw; ++c) {
                     const float v = half_to_float(got[static_cast<std::size_t>(row * ldw + c)]);
-                    const bool ok = c < columns ? v == want[static_cast<std::size_t>(row * n + begin + c)]
-                                                : std::isnan(v);
+                    const bool ok =
+                        c < columns ? v == want[static_cast<std::size_t>(row * n + begin + c)] : std::isnan(v);
                     if (!ok && bad++ < 4) ADD_FAILURE() << "slice at " << begin << ": W[" << row << "][" << c << "]";
                 }
             }
@@ -486,7 +486,8 @@ TEST_F(GptqDequantTest, BitExact_ColumnSlices) {
 
 TEST_F(GptqDequantTest, BitExact_ActOrderRowShards) {
     std::mt19937_64 rng(test::test_seed() + 12);
-    for (const auto& [begin, end] : std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 512}, {512, 1024}, {96, 736}}) {
+    for (const auto& [begin, end] :
+         std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 512}, {512, 1024}, {96, 736}}) {
         for (const std::int64_t gs : {32, 128}) {
             const LayerSpec full{1024, 296, gs, ZeroFormat::GptqV1, true, false};
             SCOPED_TRACE(full.str() + " rows [" + std::to_string(begin) + ", " + std::to_string(end) + ")");

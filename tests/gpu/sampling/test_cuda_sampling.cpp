@@ -162,7 +162,8 @@ TEST(LmHeadTest, GraphReplay_ReadsCurrentInputs) {
         Q4TP_CUDA_CHECK(cudaDeviceSynchronize());
         graph.launch(stream.get());
         stream.synchronize();
-        EXPECT_TRUE(all_close(to_host(logits), lm_head_reference(data), kLmHeadAtol, kLmHeadRtol)) << "replay " << replay;
+        EXPECT_TRUE(all_close(to_host(logits), lm_head_reference(data), kLmHeadAtol, kLmHeadRtol))
+            << "replay " << replay;
     }
 }
 
@@ -211,7 +212,8 @@ std::vector<std::int32_t> gpu_argmax(const std::vector<float>& logits, std::int6
 std::vector<std::int32_t> cpu_argmax(const std::vector<float>& logits, std::int64_t m, std::int64_t vocab) {
     std::vector<std::int32_t> out(static_cast<std::size_t>(m));
     for (std::int64_t r = 0; r < m; ++r) {
-        out[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(kernels::cpu::argmax(logits.data() + r * vocab, vocab));
+        out[static_cast<std::size_t>(r)] =
+            static_cast<std::int32_t>(kernels::cpu::argmax(logits.data() + r * vocab, vocab));
     }
     return out;
 }
@@ -260,7 +262,7 @@ TEST(ArgmaxRowsTest, SpecialValues_FirstNaNWinsAndAllNegInfGivesZero) {
     logits[1234] = kNaN;
     logits[99] = kInf;
     std::fill(logits.begin() + vocab, logits.begin() + 2 * vocab, -kInf);  // row 1: all masked
-    logits[static_cast<std::size_t>(2 * vocab + 4999)] = kInf;              // row 2: +inf at the end
+    logits[static_cast<std::size_t>(2 * vocab + 4999)] = kInf;             // row 2: +inf at the end
     const std::vector<std::int32_t> expected{1234, 0, 4999};
     EXPECT_EQ(gpu_argmax(logits, 3, vocab), expected);
     EXPECT_EQ(cpu_argmax(logits, 3, vocab), expected);
@@ -272,7 +274,8 @@ TEST(ArgmaxRowsTest, RejectsBadArguments) {
     DeviceBuffer<std::int32_t> out(2);
     EXPECT_TRUE(throws_with([&] { kernels::cuda::argmax_rows(nullptr, 2, 8, out.data(), nullptr); }, "null pointer"));
     EXPECT_TRUE(throws_with([&] { kernels::cuda::argmax_rows(logits.data(), 0, 8, out.data(), nullptr); }, "m = 0"));
-    EXPECT_TRUE(throws_with([&] { kernels::cuda::argmax_rows(logits.data(), 2, 0, out.data(), nullptr); }, "vocab = 0"));
+    EXPECT_TRUE(
+        throws_with([&] { kernels::cuda::argmax_rows(logits.data(), 2, 0, out.data(), nullptr); }, "vocab = 0"));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -281,7 +284,7 @@ TEST(ArgmaxRowsTest, RejectsBadArguments) {
 
 //! Device state of sample_rows for m rows of a vocabulary.
 class SamplerState {
-public:
+   public:
     SamplerState(std::int64_t m, std::int64_t vocab, std::int64_t capacity)
         : m_(m),
           vocab_(vocab),
@@ -318,9 +321,7 @@ public:
         const std::vector<std::int64_t> all(static_cast<std::size_t>(m_), len);
         Q4TP_CUDA_CHECK(cudaMemcpy(history_len_.data(), all.data(), history_len_.bytes(), cudaMemcpyHostToDevice));
     }
-    void set_step(std::uint64_t step) {
-        Q4TP_CUDA_CHECK(cudaMemcpy(step_.data(), &step, 8, cudaMemcpyHostToDevice));
-    }
+    void set_step(std::uint64_t step) { Q4TP_CUDA_CHECK(cudaMemcpy(step_.data(), &step, 8, cudaMemcpyHostToDevice)); }
     std::uint64_t step() const { return to_host(step_)[0]; }
     std::vector<float> logits() const { return to_host(logits_); }
     std::vector<std::int32_t> history() const { return to_host(history_); }
@@ -360,7 +361,7 @@ public:
         return counts;
     }
 
-private:
+   private:
     std::int64_t m_, vocab_, capacity_;
     DeviceBuffer<float> logits_;
     DeviceBuffer<SamplingOptions> options_;
@@ -370,8 +371,8 @@ private:
     DeviceBuffer<std::int32_t> out_;
 };
 
-SamplingOptions options(float temperature, std::int32_t top_k = 0, float top_p = 1.0f, float min_p = 0.0f,
-                        float penalty = 1.0f) {
+SamplingOptions options(
+    float temperature, std::int32_t top_k = 0, float top_p = 1.0f, float min_p = 0.0f, float penalty = 1.0f) {
     return {temperature, top_k, top_p, min_p, penalty};
 }
 
@@ -423,9 +424,9 @@ TEST(SamplingTest, SameSeedAndStep_SameTokens) {
     const auto next = state.sample(1234);
     state.set_step(41);
     EXPECT_EQ(state.sample(1234), first);
-    EXPECT_NE(next, first);                 // a new step draws new numbers
+    EXPECT_NE(next, first);  // a new step draws new numbers
     state.set_step(41);
-    EXPECT_NE(state.sample(1235), first);   // so does a new seed
+    EXPECT_NE(state.sample(1235), first);                                       // so does a new seed
     EXPECT_GT(std::set<std::int32_t>(first.begin(), first.end()).size(), 32u);  // rows draw independently
 }
 
@@ -456,7 +457,8 @@ TEST(SamplingTest, GraphReplay_AdvancesStepAndMatchesDirectLaunches) {
         std::vector<std::int32_t> direct(static_cast<std::size_t>(m * replays));
         for (int r = 0; r < replays; ++r) {
             const auto tokens = state.sample(seed);
-            for (std::int64_t row = 0; row < m; ++row) direct[static_cast<std::size_t>(row * replays + r)] = tokens[row];
+            for (std::int64_t row = 0; row < m; ++row)
+                direct[static_cast<std::size_t>(row * replays + r)] = tokens[row];
         }
         EXPECT_EQ(replayed, direct);
         EXPECT_GT(std::set<std::int32_t>(direct.begin(), direct.end()).size(), 5u);  // fresh numbers each replay
@@ -492,7 +494,8 @@ TEST_P(SamplingDistributionTest, FrequenciesMatchReference) {
             static_cast<float>(std::log(kHotProbs[static_cast<std::size_t>(j)]) + 2.0);
     }
     std::vector<std::int32_t> window;
-    for (const std::int32_t h : c.history) window.push_back(h >= 0 && h < hot ? hot_id[static_cast<std::size_t>(h)] : h);
+    for (const std::int32_t h : c.history)
+        window.push_back(h >= 0 && h < hot ? hot_id[static_cast<std::size_t>(h)] : h);
     std::vector<float> penalized = row;
     apply_repetition_penalty(penalized, window, c.options.repetition_penalty);
     const std::vector<double> prob = reference_distribution(penalized, c.options);
@@ -527,7 +530,8 @@ std::string distribution_case_name(const ::testing::TestParamInfo<std::tuple<Dis
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Cases, SamplingDistributionTest,
+    Cases,
+    SamplingDistributionTest,
     ::testing::Combine(
         ::testing::Values(
             DistributionCase{"Unfiltered", options(1.0f), {}, false},
@@ -548,7 +552,9 @@ INSTANTIATE_TEST_SUITE_P(
     distribution_case_name);
 
 //! Tokens drawn by every row over `launches` launches.
-std::vector<std::vector<std::int32_t>> draws_per_row(SamplerState& state, std::int64_t m, int launches,
+std::vector<std::vector<std::int32_t>> draws_per_row(SamplerState& state,
+                                                     std::int64_t m,
+                                                     int launches,
                                                      std::uint64_t seed) {
     std::vector<std::vector<std::int32_t>> per_row(static_cast<std::size_t>(m));
     for (int l = 0; l < launches; ++l) {
@@ -629,10 +635,10 @@ TEST(SamplingTest, RandomVocab32000_DrawsLieInReferenceKeptSet) {
     std::mt19937_64 rng(test_seed() + 11);
     const std::int64_t m = 32, vocab = 32000;
     const std::vector<SamplingOptions> configs{
-        options(1.0f, 0, 0.9f),               // streaming top-p
-        options(0.7f, 0, 1.0f, 0.1f),         // streaming min-p
-        options(1.0f, 50, 0.8f, 0.05f),       // candidates path, all three cuts
-        options(1.3f, 3000, 0.95f, 0.001f),   // streaming top-k, then top-p and min-p
+        options(1.0f, 0, 0.9f),              // streaming top-p
+        options(0.7f, 0, 1.0f, 0.1f),        // streaming min-p
+        options(1.0f, 50, 0.8f, 0.05f),      // candidates path, all three cuts
+        options(1.3f, 3000, 0.95f, 0.001f),  // streaming top-k, then top-p and min-p
         options(0.8f, 0, 0.5f, 0.02f)};
     for (std::size_t ci = 0; ci < configs.size(); ++ci) {
         SCOPED_TRACE("config " + std::to_string(ci));
@@ -649,8 +655,8 @@ TEST(SamplingTest, RandomVocab32000_DrawsLieInReferenceKeptSet) {
             ASSERT_LT(kept, static_cast<std::size_t>(vocab) / 2);  // the cuts really cut
             for (const std::int32_t t : per_row[static_cast<std::size_t>(r)]) {
                 ASSERT_TRUE(t >= 0 && t < vocab) << "row " << r << " token " << t;
-                EXPECT_GT(prob[static_cast<std::size_t>(t)], 0.0) << "row " << r << " drew token " << t
-                                                                 << " outside the kept set of " << kept;
+                EXPECT_GT(prob[static_cast<std::size_t>(t)], 0.0)
+                    << "row " << r << " drew token " << t << " outside the kept set of " << kept;
             }
         }
     }
@@ -706,7 +712,7 @@ TEST(SamplingTest, RepetitionPenalty_RewritesEachDistinctIdOnce) {
     const std::int64_t m = 2, vocab = 50000, capacity = 3000;
     const auto logits = random_floats(static_cast<std::size_t>(m * vocab), rng, -4.0f, 4.0f);
     std::uniform_int_distribution<std::int32_t> id(-5, static_cast<std::int32_t>(vocab) + 5);  // some out of range
-    std::uniform_int_distribution<std::int32_t> few(0, 200);                                  // many repeats
+    std::uniform_int_distribution<std::int32_t> few(0, 200);                                   // many repeats
     std::vector<std::int32_t> history(static_cast<std::size_t>(m * capacity));
     for (std::size_t j = 0; j < history.size(); ++j) history[j] = j % 2 == 0 ? id(rng) : few(rng);
     const float penalty = 1.3f;

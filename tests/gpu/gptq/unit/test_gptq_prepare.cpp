@@ -258,8 +258,8 @@ TEST(GptqRowLayoutTest, ShardOfActOrder_GroupsPaddedToBlocks) {
         const std::int32_t group = entry & ~kc::kGptqLastBlockOfGroup;
         const bool last = entry < 0;
         ASSERT_GE(group, previous_group);
-        const bool next_differs = b + 1 == l.k_rows / 32 ||
-                                  (l.block_groups[static_cast<std::size_t>(b + 1)] & ~kc::kGptqLastBlockOfGroup) != group;
+        const bool next_differs = b + 1 == l.k_rows / 32 || (l.block_groups[static_cast<std::size_t>(b + 1)] &
+                                                             ~kc::kGptqLastBlockOfGroup) != group;
         EXPECT_EQ(last, next_differs) << "block " << b;
         previous_group = group;
         std::int32_t previous_row = -1;
