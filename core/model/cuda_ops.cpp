@@ -12,6 +12,7 @@
 #include "core/base/error.h"
 #include "core/base/half.h"
 #include "core/base/logging.h"
+#include "core/model/lamport_group.h"
 #include "core/model/sampling.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/device_info.h"
@@ -492,14 +493,7 @@ bool CudaOps::all_reduce_add_rms_norm(
                "cuda backend: fused all-reduce + rms_norm got partial "
                    << partial.shape.str() << ", x " << x.shape.str() << ", gain " << gain.shape.str() << ", out "
                    << out.shape.str());
-    kc::LamportGroup g;
-    g.peer_buffers = group->peer_table();
-    g.state = group->state();
-    g.rank = group->rank();
-    g.ranks = group->size();
-    g.max_tokens = group->max_tokens();
-    g.hidden = group->hidden();
-    g.timeout_ns = group->timeout_ns();
+    const kc::LamportGroup g = lamport_group(*group);
     kc::LamportAddRmsNormParams p;
     p.partial = half_ptr(partial);
     p.residual = half_ptr(x);

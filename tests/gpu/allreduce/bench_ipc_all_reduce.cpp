@@ -33,7 +33,7 @@
 #include "parallel/ipc_all_reduce.h"
 #include "parallel/mpi_session.h"
 #include "parallel/nccl_communicator.h"
-#include "tests/gpu/allreduce/lamport_group.h"
+#include "core/model/lamport_group.h"
 
 namespace q4tp {
 namespace {
@@ -118,7 +118,7 @@ int run(parallel::MpiSession& session, int calls) {
         std::unique_ptr<parallel::IpcAllReduce> all_reduce = parallel::IpcAllReduce::create(
             session, parallel::IpcAllReduceOptions{std::max<std::int64_t>(s.m, 8), s.hidden}, &why);
         Q4TP_CHECK(all_reduce != nullptr, "CUDA IPC all-reduce unsupported here: " << why);
-        const kc::LamportGroup group = test::lamport_group(*all_reduce);
+        const kc::LamportGroup group = model::lamport_group(*all_reduce);
         const std::int64_t n = s.m * s.hidden;
         DeviceBuffer<std::uint16_t> partial = filled(n, session.rank(), 1);
         DeviceBuffer<std::uint16_t> residual = filled(n, 0, 2);

@@ -31,7 +31,7 @@
 #include "kernels/cuda/rms_norm.h"
 #include "parallel/ipc_all_reduce.h"
 #include "parallel/nccl_communicator.h"
-#include "tests/gpu/allreduce/lamport_group.h"
+#include "core/model/lamport_group.h"
 #include "tests/gpu/common/cuda_graph_util.h"
 #include "tests/gpu/common/gpu_test_util.h"
 #include "tests/gpu/common/nccl_suite.h"
@@ -43,7 +43,7 @@ namespace {
 namespace kc = q4tp::kernels::cuda;
 using q4tp::test::error_of;
 using q4tp::test::from_half_bits;
-using q4tp::test::lamport_group;
+using q4tp::model::lamport_group;
 using q4tp::test::mpi_session;
 using q4tp::test::poison;
 using q4tp::test::rank_floats;
@@ -332,7 +332,7 @@ TEST_F(IpcAllReduceTest, PlainCall_MatchesTheHostSumAndNccl) {
             const Halves partial = partial_of(rank(), m, hidden, salt);
             DeviceBuffer<std::uint16_t> inout = to_device(partial);
             settle();
-            kc::lamport_all_reduce(lamport_group(*all_reduce), half_ptr(inout), m, stream());
+            kc::lamport_all_reduce(model::lamport_group(*all_reduce), half_ptr(inout), m, stream());
             all_reduce->check(stream());
             const Halves got = to_host(inout);
             EXPECT_TRUE(sum_matches_host(got, ranks(), m, hidden, salt)) << "hidden " << hidden << ", m " << m;
@@ -357,7 +357,7 @@ TEST_F(IpcAllReduceTest, NegativeZeroPartials_AreSummedAsZero) {
     for (std::size_t i = 0; i < partial.size(); i += 3) partial[i] = 0x8000;  // every rank: -0.0 at i % 3 == 0
     DeviceBuffer<std::uint16_t> inout = to_device(partial);
     settle();
-    kc::lamport_all_reduce(lamport_group(*all_reduce), half_ptr(inout), 2, stream());
+    kc::lamport_all_reduce(model::lamport_group(*all_reduce), half_ptr(inout), 2, stream());
     all_reduce->check(stream());
     const Halves got = to_host(inout);
     std::vector<double> sum(partial.size(), 0.0);
@@ -408,7 +408,7 @@ TEST_F(IpcAllReduceTest, ThousandBackToBackCalls_StayCorrectAcrossTheBufferRotat
     poison(r_out);
     settle();
 
-    const kc::LamportGroup group = lamport_group(*all_reduce);
+    const kc::LamportGroup group = model::lamport_group(*all_reduce);
     for (int c = 0; c < kCalls; ++c) {
         const std::int64_t m = inputs[static_cast<std::size_t>(c)].m;
         const std::int64_t at = c * slice;
@@ -503,8 +503,8 @@ TEST_F(IpcAllReduceTest, CapturedGraph_ReplaysWithNewInputsEveryTime) {
                 p.eps = kEps;
                 p.out = half_ptr(out);
                 p.m = kFusedRows;
-                kc::lamport_all_reduce_add_rms_norm(lamport_group(*all_reduce), p, stream());
-                kc::lamport_all_reduce(lamport_group(*all_reduce), half_ptr(inout), kPlainRows, stream());
+                kc::lamport_all_reduce_add_rms_norm(model::lamport_group(*all_reduce), p, stream());
+                kc::lamport_all_reduce(model::lamport_group(*all_reduce), half_ptr(inout), kPlainRows, stream());
             });
         });
         ASSERT_EQ(capture_error, "");
@@ -586,7 +586,7 @@ TEST_F(IpcAllReduceTest, Launchers_RejectBadArgumentsWithoutLaunching) {
     constexpr std::int64_t kHidden = 256;
     std::unique_ptr<IpcAllReduce> all_reduce = make(4, kHidden);
     ASSERT_NE(all_reduce, nullptr);
-    const kc::LamportGroup group = lamport_group(*all_reduce);
+    const kc::LamportGroup group = model::lamport_group(*all_reduce);
     DeviceBuffer<std::uint16_t> a(5 * kHidden + 8), b(5 * kHidden), gain(kHidden), out(5 * kHidden);
     kc::LamportAddRmsNormParams good;
     good.partial = half_ptr(a);
@@ -630,11 +630,11 @@ TEST_F(IpcAllReduceTest, Check_ReportsACallThatNoPeerAnswered) {
     auto waited = milliseconds(0);
     if (rank() == 0) {
         // Rank 0 calls, the others never do: the call must give up after the timeout instead of spinning forever.
-        kc::lamport_all_reduce(lamport_group(*all_reduce), half_ptr(inout), 1, stream());
+        kc::lamport_all_reduce(model::lamport_group(*all_reduce), half_ptr(inout), 1, stream());
         first = error_of([&] { all_reduce->check(stream()); });
         // Once a call gave up, later calls do not wait at all, and check() keeps failing.
         const auto start = std::chrono::steady_clock::now();
-        kc::lamport_all_reduce(lamport_group(*all_reduce), half_ptr(inout), 1, stream());
+        kc::lamport_all_reduce(model::lamport_group(*all_reduce), half_ptr(inout), 1, stream());
         second = error_of([&] { all_reduce->check(stream()); });
         waited = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
     } else {

@@ -1,11 +1,12 @@
-// The glue core/model needs between parallel::IpcAllReduce (which owns the buffers) and the kernels of
-// kernels/cuda/fused_all_reduce.h (which parallel/ may not include), shared by the allreduce test and benchmark.
+//! The glue between parallel::IpcAllReduce (which owns the buffers) and the kernels of
+//! kernels/cuda/fused_all_reduce.h (which parallel/ may not include): used by CudaOps and by the allreduce test and
+//! benchmark.
 #pragma once
 
 #include "kernels/cuda/fused_all_reduce.h"
 #include "parallel/ipc_all_reduce.h"
 
-namespace q4tp::test {
+namespace q4tp::model {
 
 // The two layers describe one memory layout; these keep them from drifting apart.
 static_assert(parallel::IpcAllReduce::kMaxRanks == kernels::cuda::kLamportMaxRanks);
@@ -15,6 +16,7 @@ static_assert(parallel::IpcAllReduce::kMaxHidden == kernels::cuda::kLamportMaxHi
 static_assert(parallel::IpcAllReduce::kStateWords == kernels::cuda::kLamportStateWords);
 static_assert(parallel::IpcAllReduce::kStateTimedOut == kernels::cuda::kLamportStateTimedOut);
 
+//! The kernels' view of a set-up group.
 inline kernels::cuda::LamportGroup lamport_group(parallel::IpcAllReduce& all_reduce) {
     kernels::cuda::LamportGroup group;
     group.peer_buffers = all_reduce.peer_table();
@@ -27,4 +29,4 @@ inline kernels::cuda::LamportGroup lamport_group(parallel::IpcAllReduce& all_red
     return group;
 }
 
-}  // namespace q4tp::test
+}  // namespace q4tp::model
