@@ -28,6 +28,7 @@
 #include "kernels/cuda/device_info.h"
 #include "launch/cli.h"
 #include "launch/job.h"
+#include "launch/model_session.h"
 #include "launch/tool_main.h"
 #include "loaders/checkpoint.h"
 #include "loaders/config_json.h"
@@ -166,6 +167,7 @@ int bench(int argc, char** argv) {
     if (!synthetic.empty()) {
         config = model::llama2_preset(synthetic);
         quant.group_size = 128;
+        quant.desc_act = act_order;  // what a real act-order checkpoint declares (the memory plan reads it)
         weights = std::make_unique<model::SyntheticWeights>(quant, act_order, 1234);
     } else {
         config = loaders::load_model_config(std::filesystem::path(model_dir) / "config.json");
@@ -183,6 +185,7 @@ int bench(int argc, char** argv) {
     // Device memory in use before the model: the CUDA context, cuBLAS and the backend's fixed scratch.
     const double before_model_gb = use_cuda ? device_used_gb() : 0.0;
     auto start = Clock::now();
+    require_device_memory(config, quant, job.size(), runtime, *ops);
     const model::ParallelContext parallel = job.parallel(config.hidden_size);
     model::LlamaModel llama(config, quant, *weights, *ops, runtime, parallel);
     ops->synchronize();

@@ -4,11 +4,24 @@
 
 #include "core/base/error.h"
 #include "core/base/logging.h"
+#include "core/model/memory_plan.h"
+#include "kernels/cuda/device_info.h"
 #include "launch/cli.h"
 #include "loaders/config_json.h"
 #include "loaders/quant_config.h"
 
 namespace q4tp::launch {
+
+void require_device_memory(const ModelConfig& config, const QuantConfig& quant, int tp_size,
+                           const model::RuntimeConfig& runtime, const model::Ops& ops) {
+    if (ops.device() != Device::Cuda) return;
+    const model::MemoryPlan plan =
+        model::plan_memory(config, quant, tp_size, runtime.max_context, runtime.max_batch_tokens);
+    if (!plan.supported) return;  // the model refuses the split itself, with the reason
+    const std::string shortfall =
+        model::memory_shortfall(plan, kernels::cuda::free_device_memory(), runtime.max_context, ops.name());
+    Q4TP_CHECK(shortfall.empty(), shortfall);
+}
 
 ModelSession::ModelSession(const SessionOptions& options, Job& job) {
     const std::filesystem::path& dir = options.model_dir;
@@ -31,6 +44,7 @@ ModelSession::ModelSession(const SessionOptions& options, Job& job) {
     runtime.all_logits = options.all_logits;
     Q4TP_CHECK(runtime.max_batch_tokens > 0, "--batch-tokens must be positive, got " << runtime.max_batch_tokens);
     ops_ = job.make_backend(options.device);
+    require_device_memory(config_, quant_, job.size(), runtime, *ops_);
     Q4TP_LOG_INFO("loading " << dir.string() << " (" << checkpoint.source() << ") on " << ops_->name() << ", context "
                              << runtime.max_context << " tokens"
                              << (job.size() > 1 ? ", tensor-parallel over " + std::to_string(job.size()) + " ranks"

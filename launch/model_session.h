@@ -24,6 +24,11 @@ struct SessionOptions {
     bool all_logits = false;  //!< room for every position's logits (perplexity)
 };
 
+//! On a CUDA backend: refuses, before anything is allocated, a model that will not fit this rank's GPU, saying what it
+//! needs (core/model/memory_plan.h) and what the GPU has free. Nothing on the CPU backend.
+void require_device_memory(const ModelConfig& config, const QuantConfig& quant, int tp_size,
+                           const model::RuntimeConfig& runtime, const model::Ops& ops);
+
 class ModelSession {
 public:
     //! Loads the model for this process's rank of the job (the whole model at size 1).

@@ -111,4 +111,20 @@ MemoryPlan plan_memory(const ModelConfig& c, const QuantConfig& quant, int tp, s
     return plan;
 }
 
+std::string memory_shortfall(const MemoryPlan& plan, std::size_t free_bytes, std::int64_t context,
+                             const std::string& device) {
+    const std::size_t need = plan.total() + kMemoryReserveBytes;
+    if (need <= free_bytes) return "";
+    const auto gb = [](std::size_t bytes) { return static_cast<double>(bytes) / 1e9; };
+    std::ostringstream os;
+    os.setf(std::ios::fixed);
+    os.precision(2);
+    os << "the model needs " << gb(need) << " GB per GPU at TP=" << plan.tp_size << " (weights "
+       << gb(plan.quantized_bytes + plan.dense_bytes) << " GB, KV cache " << gb(plan.kv_cache_bytes) << " GB for "
+       << context << " tokens, workspace " << gb(plan.workspace_bytes) << " GB, reserve " << gb(kMemoryReserveBytes)
+       << " GB) but " << device << " has " << gb(free_bytes) << " GB free: lower --context"
+       << " or split the model over more GPUs (mpirun -np N)";
+    return os.str();
+}
+
 }  // namespace q4tp::model

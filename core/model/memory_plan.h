@@ -29,4 +29,12 @@ std::string tp_unsupported_reason(const ModelConfig& config, const QuantConfig& 
 MemoryPlan plan_memory(const ModelConfig& config, const QuantConfig& quant, int tp_size, std::int64_t context,
                        std::int64_t max_batch_tokens);
 
+//! Room the plan leaves out: cuBLAS and GEMV workspaces, attention split scratch, the IPC all-reduce buffers.
+inline constexpr std::size_t kMemoryReserveBytes = std::size_t{256} << 20;
+
+//! Empty when `plan` (plus kMemoryReserveBytes) fits in `free_bytes`; otherwise the one-line reason, naming what the
+//! model needs per GPU and of what, what `device` has free, and what to change (context, more GPUs).
+std::string memory_shortfall(const MemoryPlan& plan, std::size_t free_bytes, std::int64_t context,
+                             const std::string& device);
+
 }  // namespace q4tp::model

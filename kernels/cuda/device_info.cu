@@ -27,4 +27,10 @@ DeviceInfo device_info(int device) {
     return info;
 }
 
+std::size_t free_device_memory() {
+    std::size_t free_bytes = 0, total_bytes = 0;
+    Q4TP_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return free_bytes;
+}
+
 }  // namespace q4tp::kernels::cuda

@@ -20,4 +20,7 @@ struct DeviceInfo {
 //! Properties of a device; throws q4tp::Error if it does not exist.
 DeviceInfo device_info(int device);
 
+//! Bytes free on the current device now (cudaMemGetInfo: what other processes and this one's context left).
+std::size_t free_device_memory();
+
 }  // namespace q4tp::kernels::cuda
