@@ -17,9 +17,10 @@
 #include "core/model/cuda_ops.h"
 #include "core/model/generator.h"
 #include "core/model/memory_plan.h"
-#include "kernels/cuda/device_info.h"
-#include "parallel/nccl_communicator.h"
 #include "core/model/perplexity.h"
+#include "kernels/cuda/device_info.h"
+#include "parallel/ipc_all_reduce.h"
+#include "parallel/nccl_communicator.h"
 #include "tests/cpu/golden_util.h"
 #include "tests/cpu/perplexity_golden.h"
 #include "tests/mpi/mpi_test_env.h"
@@ -111,6 +112,63 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
     EXPECT_GT(ran, 0);
 }
 
+// The one-shot IPC all-reduce fused with the residual add and RMSNorm (what q4tp's tools use at TP > 1 for steps of
+// up to 8 rows) against NCCL + add + rms_norm: at TP=2 both round the same fp32 sums once, so the logits of every
+// step must be bitwise equal, and so must the greedy tokens.
+TEST(TensorParallelCudaTest, FusedAllReduceEqualsNcclPath) {
+    const parallel::MpiSession& session = mpi_session();
+    if (kernels::cuda::device_count() < session.local_size()) GTEST_SKIP() << "fewer GPUs than ranks";
+    parallel::select_device(session.local_rank());
+    parallel::NcclCommunicator comm(session);
+    int ran = 0;
+    for (const std::string& name : fixture_names()) {
+        const fs::path dir = fixtures_dir() / name;
+        const ModelConfig config = loaders::load_model_config(dir / "config.json");
+        const QuantConfig quant = loaders::load_quant_config(dir);
+        if (!model::tp_unsupported_reason(config, quant, comm.size()).empty()) continue;
+        parallel::IpcAllReduceOptions options;
+        options.hidden = config.hidden_size;
+        std::string why;
+        const auto fused = parallel::IpcAllReduce::create(session, options, &why);
+        if (!fused) GTEST_SKIP() << "no one-shot all-reduce here: " << why;
+        auto tokenizer = loaders::Tokenizer::load(dir / "tokenizer.model");
+        const loaders::Checkpoint ckpt = loaders::Checkpoint::open(dir, quant.model_file_base_name);
+        model::CheckpointWeights weights(ckpt, quant);
+        model::RuntimeConfig runtime;
+        runtime.max_context = 160;
+        runtime.max_batch_tokens = 64;
+        model::CudaOps nccl_ops, fused_ops;
+        model::LlamaModel nccl(config, quant, weights, nccl_ops, runtime,
+                               model::ParallelContext{comm.rank(), comm.size(), &comm});
+        model::LlamaModel one_shot(config, quant, weights, fused_ops, runtime,
+                                   model::ParallelContext{comm.rank(), comm.size(), &comm, fused.get()});
+        SCOPED_TRACE(name);
+        const auto prompt = tokenizer.encode("The quick brown fox", true);
+        ASSERT_LE(prompt.size(), 8u) << "the prompt must take the fused path too";
+        model::GenerationConfig greedy;
+        greedy.max_new_tokens = 24;
+        greedy.ignore_eos = true;
+        greedy.sampling.temperature = 0.0;
+        std::vector<std::vector<float>> rows_nccl, rows_fused;
+        model::LogitsCallback keep_nccl = [&](std::span<const float> row) {
+            rows_nccl.emplace_back(row.begin(), row.end());
+        };
+        model::LogitsCallback keep_fused = [&](std::span<const float> row) {
+            rows_fused.emplace_back(row.begin(), row.end());
+        };
+        const auto a = model::generate(nccl, tokenizer, prompt, greedy, nullptr, &keep_nccl).tokens;
+        const auto b = model::generate(one_shot, tokenizer, prompt, greedy, nullptr, &keep_fused).tokens;
+        EXPECT_EQ(a, b);
+        ASSERT_EQ(rows_nccl.size(), rows_fused.size());
+        for (std::size_t r = 0; r < rows_nccl.size(); ++r) {
+            ASSERT_EQ(rows_nccl[r], rows_fused[r]) << "logits of step " << r << " differ";
+        }
+        ++ran;
+    }
+    if (comm.rank() == 0) std::printf("[ tp       ] fused all-reduce == NCCL path on %d fixtures\n", ran);
+    EXPECT_GT(ran, 0);
+}
+
 // The embedded tiny Llama (act-order) split over the GPUs: the first windows' negative log-likelihoods equal
 // transformers' (tests/data/perplexity/golden.h5) within 0.1%, the bound issue 6 sets.
 TEST(TensorParallelCudaTest, EmbeddedModelPerplexityMatchesTransformers) {
@@ -123,8 +181,8 @@ TEST(TensorParallelCudaTest, EmbeddedModelPerplexityMatchesTransformers) {
     runtime.max_context = golden.config.window;
     runtime.max_batch_tokens = golden.config.window;
     model::CudaOps ops;
-    const auto llama = load_model(embedded_model_dir(), ops, runtime,
-                                  model::ParallelContext{comm.rank(), comm.size(), &comm});
+    const auto llama =
+        load_model(embedded_model_dir(), ops, runtime, model::ParallelContext{comm.rank(), comm.size(), &comm});
     const std::string label = "TP=" + std::to_string(comm.size()) + " CUDA";
     expect_windows_match_golden(*llama, golden, 4, comm.rank() == 0 ? label : "");
 }
