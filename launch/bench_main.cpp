@@ -11,6 +11,8 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -112,6 +114,28 @@ double allreduce_us_per_token(const model::ParallelContext& parallel,
     (void)cudaGraphExecDestroy(exec);
     (void)cudaGraphDestroy(graph);
     return us;
+}
+
+// The TP=1 figures a multi-GPU run is compared with: the last row of the same model on the same card with tp 1 in
+// the JSON lines file, as an earlier `q4tp-bench --json FILE` on one GPU wrote it. Lines that are not JSON objects
+// are skipped (the file may hold other tools' rows).
+struct Tp1Baseline {
+    double best_tps = 0;
+    double prompt_tps = 0;
+};
+std::optional<Tp1Baseline> tp1_baseline(const std::string& path, const std::string& model, const std::string& card) {
+    std::ifstream in(path);
+    std::optional<Tp1Baseline> found;
+    for (std::string line; std::getline(in, line);) {
+        const nlohmann::json row = nlohmann::json::parse(line, nullptr, false);
+        if (!row.is_object() || row.value("model", "") != model || row.value("device", "") != card ||
+            row.value("tp", 0) != 1) {
+            continue;
+        }
+        const Tp1Baseline b{row.value("best_tps", 0.0), row.value("prompt_tps", 0.0)};
+        if (b.best_tps > 0 && b.prompt_tps > 0) found = b;
+    }
+    return found;
 }
 
 double device_used_gb() {
@@ -246,10 +270,27 @@ int bench(int argc, char** argv) {
                   << (parallel.fused_all_reduce ? "one-shot fused with add + RMSNorm" : "NCCL")
                   << ") = " << 100.0 * r.allreduce_us_per_token * 1e-6 * r.best_tps << "% of a best-case step\n";
     }
-    std::cout << std::setprecision(2) << "memory: weights " << r.weights_gb << " GB + KV cache " << r.kv_gb
-              << " GB; the model allocated " << r.engine_gb << " GB ("
-              << (r.weights_gb + r.kv_gb > 0 ? 100.0 * (r.engine_gb / (r.weights_gb + r.kv_gb) - 1.0) : 0.0)
-              << "% over weights + cache); device in use " << r.device_used_gb << " GB with the CUDA context\n";
+    std::cout << std::setprecision(2) << "memory: weights " << r.weights_gb << " GB + KV cache " << r.kv_gb << " GB";
+    if (use_cuda) {
+        std::cout << "; the model allocated " << r.engine_gb << " GB ("
+                  << (r.weights_gb + r.kv_gb > 0 ? 100.0 * (r.engine_gb / (r.weights_gb + r.kv_gb) - 1.0) : 0.0)
+                  << "% over weights + cache); device in use " << r.device_used_gb << " GB with the CUDA context";
+    }
+    std::cout << "\n";
+
+    // Speedup and efficiency against one GPU, from the TP=1 row an earlier run appended to the same JSON file.
+    std::optional<Tp1Baseline> base;
+    if (job.size() > 1 && !json_path.empty()) base = tp1_baseline(json_path, name, card);
+    if (base) {
+        std::cout << std::setprecision(2) << "speedup over 1 GPU (TP=1 row of " << json_path << "): best "
+                  << r.best_tps / base->best_tps << "x (" << std::setprecision(0)
+                  << 100.0 * r.best_tps / base->best_tps / job.size() << "% efficiency), prompt "
+                  << std::setprecision(2) << r.prompt_tps / base->prompt_tps << "x\n";
+    } else if (job.size() > 1) {
+        std::cout << "speedup over 1 GPU: no TP=1 row of this model and card"
+                  << (json_path.empty() ? " (give --json FILE, written by a run on one GPU first)" : " in " + json_path)
+                  << "\n";
+    }
 
     if (!json_path.empty()) {
         std::ofstream json(json_path, std::ios::app);
@@ -265,8 +306,13 @@ int bench(int argc, char** argv) {
              << (job.size() == 1             ? "none"
                  : parallel.fused_all_reduce ? "one-shot"
                                              : "nccl")
-             << "\""
-             << "}\n";
+             << "\"";
+        if (base) {
+            json << ",\"speedup_best\":" << r.best_tps / base->best_tps
+                 << ",\"efficiency\":" << r.best_tps / base->best_tps / job.size()
+                 << ",\"speedup_prompt\":" << r.prompt_tps / base->prompt_tps;
+        }
+        json << "}\n";
     }
     return 0;
 }
