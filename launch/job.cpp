@@ -54,7 +54,9 @@ Job::~Job() {
     if (g_job == this) g_job = nullptr;
 }
 
-Job* Job::current() noexcept { return g_job; }
+Job* Job::current() noexcept {
+    return g_job;
+}
 
 std::unique_ptr<model::Ops> Job::make_backend(DeviceChoice choice) {
     const int gpus = kernels::cuda::device_count();
@@ -84,6 +86,11 @@ model::ParallelContext Job::parallel(std::int64_t hidden_size) {
         const char* env = std::getenv("Q4TP_CUSTOM_ALL_REDUCE");
         if (env != nullptr && std::string(env) == "0") {
             Q4TP_LOG_INFO("Q4TP_CUSTOM_ALL_REDUCE=0: every all-reduce goes through NCCL");
+        } else if (hidden_size % 8 != 0 || hidden_size > parallel::IpcAllReduce::kMaxHidden) {
+            // The same on every rank (one config), so no rank waits in the collective set-up below.
+            Q4TP_LOG_INFO("hidden size " << hidden_size
+                                         << " is outside the one-shot all-reduce's rows (multiples of 8 up to "
+                                         << parallel::IpcAllReduce::kMaxHidden << "): NCCL only");
         } else {
             parallel::IpcAllReduceOptions options;
             options.hidden = hidden_size;
