@@ -30,6 +30,38 @@ namespace {
 
 namespace fs = std::filesystem;
 
+//! A fixture's configs, tokenizer and checkpoint weights, from which a test builds its TP=1 and TP=2 models.
+struct LoadedFixture {
+    const std::string& name;
+    const ModelConfig& config;
+    const QuantConfig& quant;
+    const loaders::Tokenizer& tokenizer;
+    model::CheckpointWeights& weights;
+    const model::RuntimeConfig& runtime;
+};
+
+//! Calls `check` for every fixture that `tp` ranks can split; returns how many there were.
+template <typename Check>
+int for_each_split_fixture(int tp, const Check& check) {
+    int ran = 0;
+    for (const std::string& name : fixture_names()) {
+        const fs::path dir = fixtures_dir() / name;
+        const ModelConfig config = loaders::load_model_config(dir / "config.json");
+        const QuantConfig quant = loaders::load_quant_config(dir);
+        if (!model::tp_unsupported_reason(config, quant, tp).empty()) continue;
+        const auto tokenizer = loaders::Tokenizer::load(dir / "tokenizer.model");
+        const loaders::Checkpoint ckpt = loaders::Checkpoint::open(dir, quant.model_file_base_name);
+        model::CheckpointWeights weights(ckpt, quant);
+        model::RuntimeConfig runtime;
+        runtime.max_context = 160;
+        runtime.max_batch_tokens = 64;
+        SCOPED_TRACE(name);
+        check(LoadedFixture{name, config, quant, tokenizer, weights, runtime});
+        ++ran;
+    }
+    return ran;
+}
+
 ::testing::AssertionResult all_close_local(const std::vector<float>& out, const std::vector<float>& ref) {
     if (out.size() != ref.size()) return ::testing::AssertionFailure() << "sizes differ";
     double worst = 0.0;
@@ -49,34 +81,17 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
     if (kernels::cuda::device_count() < session.local_size()) GTEST_SKIP() << "fewer GPUs than ranks";
     parallel::select_device(session.local_rank());
     parallel::NcclCommunicator comm(session);
-    int ran = 0;
-    for (const std::string& name : fixture_names()) {
-        const fs::path dir = fixtures_dir() / name;
-        const ModelConfig config = loaders::load_model_config(dir / "config.json");
-        const QuantConfig quant = loaders::load_quant_config(dir);
-        if (!model::tp_unsupported_reason(config, quant, comm.size()).empty()) continue;
-        auto tokenizer = loaders::Tokenizer::load(dir / "tokenizer.model");
-        const loaders::Checkpoint ckpt = loaders::Checkpoint::open(dir, quant.model_file_base_name);
-        model::CheckpointWeights weights(ckpt, quant);
-        model::RuntimeConfig runtime;
-        runtime.max_context = 160;
-        runtime.max_batch_tokens = 64;
+    const int ran = for_each_split_fixture(comm.size(), [&](const LoadedFixture& f) {
         model::CudaOps whole_ops, shard_ops;
-        model::LlamaModel whole(config, quant, weights, whole_ops, runtime);
-        std::unique_ptr<model::LlamaModel> shard;
-        try {
-            shard = std::make_unique<model::LlamaModel>(config, quant, weights, shard_ops, runtime,
-                                                        model::ParallelContext{comm.rank(), comm.size(), &comm});
-        } catch (const Error& e) {
-            // The GPU GEMV cannot yet take act-order row shards (groups partly on each rank): skipped, named.
-            if (comm.rank() == 0) std::printf("[ skip     ] %s: %s\n", name.c_str(), e.message().c_str());
-            continue;
-        }
-        SCOPED_TRACE(name);
-        const auto prompt = tokenizer.encode("The quick brown fox", true);
+        model::LlamaModel whole(f.config, f.quant, f.weights, whole_ops, f.runtime);
+        // Act-order fixtures split o_proj into row shards whose groups are scattered over both ranks (padded layout
+        // of kernels/cuda/gptq_prepare.h) and read the MLP in down_proj's group order.
+        model::LlamaModel shard(f.config, f.quant, f.weights, shard_ops, f.runtime,
+                                model::ParallelContext{comm.rank(), comm.size(), &comm});
+        const auto prompt = f.tokenizer.encode("The quick brown fox", true);
         std::vector<float> a, b;
         whole.forward(prompt, 0, model::LogitsMode::All, a);
-        shard->forward(prompt, 0, model::LogitsMode::All, b);
+        shard.forward(prompt, 0, model::LogitsMode::All, b);
         EXPECT_TRUE(all_close_local(b, a));
         model::GenerationConfig greedy;
         greedy.max_new_tokens = 64;
@@ -88,8 +103,8 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
             std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
             gaps.push_back(static_cast<double>(sorted[0]) - sorted[1]);
         };
-        const auto want = model::generate(whole, tokenizer, prompt, greedy, nullptr, &record).tokens;
-        const auto got = model::generate(*shard, tokenizer, prompt, greedy, nullptr).tokens;
+        const auto want = model::generate(whole, f.tokenizer, prompt, greedy, nullptr, &record).tokens;
+        const auto got = model::generate(shard, f.tokenizer, prompt, greedy, nullptr).tokens;
         ASSERT_EQ(got.size(), want.size());
         const auto diverge = std::mismatch(got.begin(), got.end(), want.begin()).first - got.begin();
         if (diverge < static_cast<std::ptrdiff_t>(got.size())) {
@@ -97,17 +112,16 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
                 << "greedy tokens part at step " << diverge << " where TP=1's choice was not a near-tie";
         }
         if (comm.rank() == 0) {
-            std::printf("[ tp       ] %s: %td of 64 greedy tokens identical\n", name.c_str(), diverge);
+            std::printf("[ tp       ] %s: %td of 64 greedy tokens identical\n", f.name.c_str(), diverge);
         }
         // Sampling on the device from the gathered logits with the shared seed: every rank draws the same tokens.
         model::GenerationConfig sampled = greedy;
         sampled.sampling.temperature = 0.9;
         sampled.sampling.top_k = 20;
         sampled.sampling.seed = 1234;
-        const auto drawn = model::generate(*shard, tokenizer, prompt, sampled, nullptr).tokens;
+        const auto drawn = model::generate(shard, f.tokenizer, prompt, sampled, nullptr).tokens;
         EXPECT_EQ(drawn, rank0_ids(drawn)) << "rank " << comm.rank() << " sampled other tokens";
-        ++ran;
-    }
+    });
     if (comm.rank() == 0) std::printf("[ tp       ] %d fixtures checked on %d GPUs\n", ran, comm.size());
     EXPECT_GT(ran, 0);
 }
@@ -120,30 +134,18 @@ TEST(TensorParallelCudaTest, FusedAllReduceEqualsNcclPath) {
     if (kernels::cuda::device_count() < session.local_size()) GTEST_SKIP() << "fewer GPUs than ranks";
     parallel::select_device(session.local_rank());
     parallel::NcclCommunicator comm(session);
-    int ran = 0;
-    for (const std::string& name : fixture_names()) {
-        const fs::path dir = fixtures_dir() / name;
-        const ModelConfig config = loaders::load_model_config(dir / "config.json");
-        const QuantConfig quant = loaders::load_quant_config(dir);
-        if (!model::tp_unsupported_reason(config, quant, comm.size()).empty()) continue;
+    const int ran = for_each_split_fixture(comm.size(), [&](const LoadedFixture& f) {
         parallel::IpcAllReduceOptions options;
-        options.hidden = config.hidden_size;
+        options.hidden = f.config.hidden_size;
         std::string why;
         const auto fused = parallel::IpcAllReduce::create(session, options, &why);
         if (!fused) GTEST_SKIP() << "no one-shot all-reduce here: " << why;
-        auto tokenizer = loaders::Tokenizer::load(dir / "tokenizer.model");
-        const loaders::Checkpoint ckpt = loaders::Checkpoint::open(dir, quant.model_file_base_name);
-        model::CheckpointWeights weights(ckpt, quant);
-        model::RuntimeConfig runtime;
-        runtime.max_context = 160;
-        runtime.max_batch_tokens = 64;
         model::CudaOps nccl_ops, fused_ops;
-        model::LlamaModel nccl(config, quant, weights, nccl_ops, runtime,
+        model::LlamaModel nccl(f.config, f.quant, f.weights, nccl_ops, f.runtime,
                                model::ParallelContext{comm.rank(), comm.size(), &comm});
-        model::LlamaModel one_shot(config, quant, weights, fused_ops, runtime,
+        model::LlamaModel one_shot(f.config, f.quant, f.weights, fused_ops, f.runtime,
                                    model::ParallelContext{comm.rank(), comm.size(), &comm, fused.get()});
-        SCOPED_TRACE(name);
-        const auto prompt = tokenizer.encode("The quick brown fox", true);
+        const auto prompt = f.tokenizer.encode("The quick brown fox", true);
         ASSERT_LE(prompt.size(), 8u) << "the prompt must take the fused path too";
         model::GenerationConfig greedy;
         greedy.max_new_tokens = 24;
@@ -156,15 +158,14 @@ TEST(TensorParallelCudaTest, FusedAllReduceEqualsNcclPath) {
         model::LogitsCallback keep_fused = [&](std::span<const float> row) {
             rows_fused.emplace_back(row.begin(), row.end());
         };
-        const auto a = model::generate(nccl, tokenizer, prompt, greedy, nullptr, &keep_nccl).tokens;
-        const auto b = model::generate(one_shot, tokenizer, prompt, greedy, nullptr, &keep_fused).tokens;
+        const auto a = model::generate(nccl, f.tokenizer, prompt, greedy, nullptr, &keep_nccl).tokens;
+        const auto b = model::generate(one_shot, f.tokenizer, prompt, greedy, nullptr, &keep_fused).tokens;
         EXPECT_EQ(a, b);
         ASSERT_EQ(rows_nccl.size(), rows_fused.size());
         for (std::size_t r = 0; r < rows_nccl.size(); ++r) {
             ASSERT_EQ(rows_nccl[r], rows_fused[r]) << "logits of step " << r << " differ";
         }
-        ++ran;
-    }
+    });
     if (comm.rank() == 0) std::printf("[ tp       ] fused all-reduce == NCCL path on %d fixtures\n", ran);
     EXPECT_GT(ran, 0);
 }
