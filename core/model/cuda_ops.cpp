@@ -14,6 +14,7 @@
 #include "core/base/logging.h"
 #include "core/model/lamport_group.h"
 #include "core/model/sampling.h"
+#include "core/model/synthetic.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/elementwise.h"
@@ -315,14 +316,8 @@ std::unique_ptr<LinearWeights> CudaOps::make_synthetic_linear(const SyntheticLin
     kc::GptqRowLayout layout;
     layout.k_rows = spec.k;
     if (act_order_shard) {
-        std::vector<std::int32_t> order(static_cast<std::size_t>(spec.full_k));
-        std::iota(order.begin(), order.end(), 0);
-        std::shuffle(order.begin(), order.end(), std::mt19937_64(spec.layout_seed));
-        std::vector<std::int32_t> g_idx(static_cast<std::size_t>(spec.full_k));
-        for (std::size_t j = 0; j < order.size(); ++j) {
-            g_idx[static_cast<std::size_t>(order[j])] =
-                static_cast<std::int32_t>(static_cast<std::int64_t>(j) / group_size);
-        }
+        std::mt19937_64 layout_rng(spec.layout_seed);
+        const std::vector<std::int32_t> g_idx = random_act_order_g_idx(spec.full_k, group_size, layout_rng);
         layout = kc::gptq_row_layout(std::span<const std::int32_t>(g_idx).subspan(
                                          static_cast<std::size_t>(spec.row_begin), static_cast<std::size_t>(spec.k)),
                                      groups, group_size);

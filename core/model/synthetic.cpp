@@ -8,6 +8,17 @@
 
 namespace q4tp::model {
 
+std::vector<std::int32_t> random_act_order_g_idx(std::int64_t k, std::int64_t group_size, std::mt19937_64& rng) {
+    std::vector<std::int32_t> order(static_cast<std::size_t>(k));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<std::int32_t> g_idx(static_cast<std::size_t>(k));
+    for (std::int64_t j = 0; j < k; ++j) {
+        g_idx[static_cast<std::size_t>(order[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / group_size);
+    }
+    return g_idx;
+}
+
 loaders::GptqLinear make_random_gptq_linear(const SyntheticLinearSpec& spec) {
     std::mt19937_64 rng(spec.seed);
     loaders::GptqLinear layer;
@@ -33,15 +44,7 @@ loaders::GptqLinear make_random_gptq_linear(const SyntheticLinearSpec& spec) {
     std::uniform_real_distribution<float> jitter(0.75f, 1.25f);
     for (auto& s : layer.scales) s = float_to_half(spec.scale * jitter(rng));
 
-    layer.g_idx = loaders::sequential_g_idx(spec.k, gs);
-    if (spec.act_order) {
-        std::vector<std::int32_t> perm(static_cast<std::size_t>(spec.k));
-        std::iota(perm.begin(), perm.end(), 0);
-        std::shuffle(perm.begin(), perm.end(), rng);
-        for (std::int64_t j = 0; j < spec.k; ++j) {
-            layer.g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / gs);
-        }
-    }
+    layer.g_idx = spec.act_order ? random_act_order_g_idx(spec.k, gs, rng) : loaders::sequential_g_idx(spec.k, gs);
     loaders::validate_gptq_linear(layer);
     return layer;
 }
