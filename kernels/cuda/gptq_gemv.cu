@@ -17,8 +17,8 @@
 //  - Loads in flight: 8 blocks (8 x 16 B) per lane, refilled one by one as each block is consumed (a rolling
 //    prefetch with predicated loads, no second register buffer); the first 8 are issued before the activation
 //    gather. Each block's scales and zero points travel with its weights, off the dot product's dependency chain.
-//  - Split-K: when N alone gives too few CTAs, K is cut into `splits` slices (gptq_gemv_plan, ~4 CTAs per SM of an
-//    H100). Each CTA writes fp32 partials to the workspace; the last CTA of a column tile (a self-resetting atomic
+//  - Split-K: when N alone gives too few CTAs, K is cut into `splits` slices (gptq_gemv_plan: as many slices as fill
+//    whole waves of resident CTAs). Each CTA writes fp32 partials to the workspace; the last CTA of a column tile (a self-resetting atomic
 //    counter) sums them in slice order, adds the residual in fp32 and writes fp16. Deterministic and graph-safe.
 //
 // Variants: one kernel template per m (1..8), chosen by the single switch in gptq_gemv. Group sizes are runtime
@@ -27,6 +27,8 @@
 // block a whole round ahead, so the scale load never waits on the table; filler rows (perm -1) stage x = 0.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
@@ -54,9 +56,16 @@ constexpr int kCtaN = kWarps * kTileN;                  // columns per CTA
 #define Q4TP_GPTQ_GEMV_IN_FLIGHT 8
 #endif
 constexpr int kBlocksInFlight = Q4TP_GPTQ_GEMV_IN_FLIGHT;
-// About 4 CTAs per SM of a 132-SM H100: with ~2 resident per SM (register bound) that is 2 waves, enough to hide
-// the tail. A constant, not a device query, so the plan (and the workspace size) is a pure function of the shape.
-constexpr int kTargetCtas = 4 * 132;
+// Split-K policy. Constants, not device queries, so the plan and the workspace size are pure functions of the shape
+// (H100 and H200 both have 132 SMs). The default, "waves": of all ways to cut K into slices of whole rounds (8
+// k-blocks), take the one that finishes soonest if CTAs run in whole waves of kResidentCtas (2 per SM, register
+// bound), each costing its rounds plus a fixed start-up and epilogue (kCtaFixedRounds); fewest slices on a tie. For
+// Llama shapes at m = 1 that is one wave, 70-100% full. The former policy, "ctas" (cut K until about 4 CTAs per
+// SM), left a partial second or third wave on most shapes: 2x H200, same call, 13B decode 187.0 -> 226.2 tokens/s,
+// 70B 51.3 -> 54.2, 70B at TP=2 80.5 -> 89.2 (docs/kernel-notes.md). Q4TP_GEMV_PLAN=waves:N[:F] or ctas:N (read
+// once) picks a policy, its CTA count (and fixed cost F) at run time, to compare them on a new card.
+constexpr int kResidentCtas = 2 * 132;
+constexpr std::int64_t kCtaFixedRounds = 1;
 constexpr int kMaxStageBytes = 32 * 1024;  // activation slice in shared memory, all m rows
 constexpr int kMaxSmemBytes = 48 * 1024;   // no opt-in attribute needed up to here
 // Workspace: [tile counters, fixed size][fp32 partials]. The counter region has the same place and size for every
@@ -471,6 +480,55 @@ void launch_gemv(const GemvArgs& args, const GptqGemvPlan& plan, cudaStream_t st
     launch_kernel(gptq_gemv_kernel<M>, grid, dim3(kThreads), static_cast<std::size_t>(plan.smem_bytes), stream, args);
 }
 
+struct SplitPolicy {
+    bool whole_waves = true;
+    std::int64_t ctas = kResidentCtas;  // resident CTAs per wave, or the target CTA count of "ctas"
+    std::int64_t fixed_rounds = kCtaFixedRounds;
+};
+
+SplitPolicy split_policy() {
+    static const SplitPolicy policy = [] {
+        SplitPolicy p;
+        const char* env = std::getenv("Q4TP_GEMV_PLAN");
+        if (env == nullptr) return p;
+        const char* colon = std::strchr(env, ':');
+        const long ctas = colon ? std::strtol(colon + 1, nullptr, 10) : 0;
+        if (colon && ctas > 0 && std::strncmp(env, "waves", static_cast<std::size_t>(colon - env)) == 0) {
+            p.whole_waves = true;
+            p.ctas = ctas;
+            const char* second = std::strchr(colon + 1, ':');  // waves:N:F, F the fixed cost in rounds
+            if (second) p.fixed_rounds = std::max(0L, std::strtol(second + 1, nullptr, 10));
+        } else if (colon && ctas > 0 && std::strncmp(env, "ctas", static_cast<std::size_t>(colon - env)) == 0) {
+            p.whole_waves = false;
+            p.ctas = ctas;
+        }
+        return p;
+    }();
+    return policy;
+}
+
+//! Rounds of 8 k-blocks per CTA so that n_tiles x splits is about `target` CTAs.
+std::int64_t iters_for_target(int n_tiles, std::int64_t total_iters, std::int64_t max_iters, std::int64_t target) {
+    const std::int64_t splits = std::clamp<std::int64_t>(ceil_div(target, n_tiles), 1, total_iters);
+    return std::min(ceil_div(total_iters, splits), max_iters);
+}
+
+//! Rounds per CTA that minimise waves x (rounds + fixed cost) with `resident` CTAs per wave; ties keep more rounds
+//! per CTA (fewer slices to reduce).
+std::int64_t iters_for_whole_waves(int n_tiles, std::int64_t total_iters, std::int64_t max_iters,
+                                   std::int64_t resident, std::int64_t fixed_rounds) {
+    std::int64_t best = 1, best_cost = -1;
+    for (std::int64_t iters = std::min(total_iters, max_iters); iters >= 1; --iters) {
+        const std::int64_t ctas = n_tiles * ceil_div(total_iters, iters);
+        const std::int64_t cost = ceil_div(ctas, resident) * (iters + fixed_rounds);
+        if (best_cost < 0 || cost < best_cost) {
+            best = iters;
+            best_cost = cost;
+        }
+    }
+    return best;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------
@@ -485,8 +543,10 @@ GptqGemvPlan gptq_gemv_plan(int m, std::int64_t k, std::int64_t n) {
     plan.n_tiles = static_cast<int>(ceil_div(round_up(n, kTileN), kCtaN));
     const std::int64_t total_iters = ceil_div(k_blocks, kBlocksInFlight);
     const std::int64_t max_iters = std::max<std::int64_t>(1, kMaxStageBytes / (m * kBlocksInFlight * 64));
-    const std::int64_t splits0 = std::clamp<std::int64_t>(ceil_div(kTargetCtas, plan.n_tiles), 1, total_iters);
-    const std::int64_t iters = std::min(ceil_div(total_iters, splits0), max_iters);
+    const SplitPolicy policy = split_policy();
+    const std::int64_t iters =
+        policy.whole_waves ? iters_for_whole_waves(plan.n_tiles, total_iters, max_iters, policy.ctas, policy.fixed_rounds)
+                           : iters_for_target(plan.n_tiles, total_iters, max_iters, policy.ctas);
     plan.blocks_per_split = static_cast<int>(iters * kBlocksInFlight);
     plan.splits = static_cast<int>(ceil_div(k_blocks, plan.blocks_per_split));
     if (partial_bytes(plan, m, n) > kMaxPartialBytes) {

@@ -1,4 +1,5 @@
-// Micro-benchmark of the int4 GPTQ GEMV on the real Llama-2 7B / 13B / 70B layer shapes (group size 128).
+// Micro-benchmark of the int4 GPTQ GEMV on the real Llama-2 7B / 13B / 70B layer shapes (group size 128), and on one
+// rank's share of 70B at TP=2.
 //
 // Method (docs/kernels.md §7): random prepared weights (never zeros), several copies per shape rotated so that the
 // pool (>= 256 MB) is five times the 50 MB L2 and every launch reads cold weights; 200 launches captured in one CUDA
@@ -50,6 +51,9 @@ const Shape kShapes[] = {
     {"7B", "down", 11008, 4096, 32},     {"13B", "qkv", 5120, 15360, 40},     {"13B", "o", 5120, 5120, 40},
     {"13B", "gate+up", 5120, 27648, 40}, {"13B", "down", 13824, 5120, 40},    {"70B", "qkv", 8192, 10240, 80},
     {"70B", "o", 8192, 8192, 80},        {"70B", "gate+up", 8192, 57344, 80}, {"70B", "down", 28672, 8192, 80},
+    // One rank's share of 70B at TP=2 (columns or rows halved).
+    {"70B/2", "qkv", 8192, 5120, 80},    {"70B/2", "o", 4096, 8192, 80},      {"70B/2", "gate+up", 8192, 28672, 80},
+    {"70B/2", "down", 14336, 8192, 80},
 };
 std::vector<int> g_ms = {1, 2, 4, 8};  // --quick: {1}
 
@@ -209,7 +213,7 @@ std::vector<Result> bench_shape(const Shape& s, cudaStream_t stream, void* ws, s
             const double us = median(ms) * 1e3 / kLaunchesPerGraph;
             Result r{&s, m, act, kc::gptq_gemv_plan(m, s.k, s.n).splits, us, bytes / (us * 1e-6) / 1e9};
             std::printf(
-                "%-4s %-8s K=%-6lld N=%-6lld MB=%-7.1f copies=%-3d m=%d act=%d splits=%-3d %8.2f us %7.0f GB/s"
+                "%-5s %-8s K=%-6lld N=%-6lld MB=%-7.1f copies=%-3d m=%d act=%d splits=%-3d %8.2f us %7.0f GB/s"
                 "  %5.1f%% of %.2f  %5.1f%% of %.2f\n",
                 s.model, s.layer, static_cast<long long>(s.k), static_cast<long long>(s.n), bytes / 1e6, copies, m,
                 act ? 1 : 0, r.splits, us, r.gbs, r.gbs / (g_copy_tbs * 10), g_copy_tbs, r.gbs / (g_spec_tbs * 10),
@@ -263,14 +267,14 @@ int run(int argc, char** argv) {
     std::printf("card: %s; %% columns are of the copy measured now (%.2f TB/s) / of the spec (%.2f TB/s)\n", prop.name,
                 copy_tbs, g_spec_tbs);
     const bool all_ms = g_ms.size() == 4;
-    std::printf("%-4s %-8s %6s %6s | %-22s | %-22s", "mdl", "layer", "K", "N", "m=1 us  GB/s %copy/spec",
+    std::printf("%-5s %-8s %6s %6s | %-22s | %-22s", "mdl", "layer", "K", "N", "m=1 us  GB/s %copy/spec",
                 "m=1 act-order");
     if (all_ms) std::printf(" | %7s %7s %7s | %-14s", "m=2 us", "m=4 us", "m=8 us", "m=8 GB/s %copy");
     std::printf("\n");
     for (const Shape& s : kShapes) {
         const Result& r1 = find(all, s, 1, false);
         const Result& a1 = find(all, s, 1, true);
-        std::printf("%-4s %-8s %6lld %6lld | %6.1f %5.0f %3.0f/%3.0f | %6.1f %5.0f %3.0f/%3.0f", s.model, s.layer,
+        std::printf("%-5s %-8s %6lld %6lld | %6.1f %5.0f %3.0f/%3.0f | %6.1f %5.0f %3.0f/%3.0f", s.model, s.layer,
                     static_cast<long long>(s.k), static_cast<long long>(s.n), r1.us, r1.gbs, r1.gbs / (g_copy_tbs * 10),
                     r1.gbs / (g_spec_tbs * 10), a1.us, a1.gbs, a1.gbs / (g_copy_tbs * 10), a1.gbs / (g_spec_tbs * 10));
         if (all_ms) {
@@ -282,7 +286,7 @@ int run(int argc, char** argv) {
     }
     // GEMV time per decoded token (m = 1) if the layers ran back to back like this, and the tokens/s it allows.
     std::string summary = "summary (GEMV us per token, m=1, in-order/act-order):";
-    for (const char* model : {"7B", "13B", "70B"}) {
+    for (const char* model : {"7B", "13B", "70B", "70B/2"}) {
         for (const bool act : {false, true}) {
             double us = 0;
             int layers = 0;
@@ -291,7 +295,7 @@ int run(int argc, char** argv) {
                 us += find(all, s, 1, act).us;
                 layers = s.layers;
             }
-            std::printf("%-4s m=1 %-9s GEMVs per token: %7.0f us -> <= %4.0f tokens/s from the GEMVs alone\n", model,
+            std::printf("%-5s m=1 %-9s GEMVs per token: %7.0f us -> <= %4.0f tokens/s from the GEMVs alone\n", model,
                         act ? "act-order" : "in-order", us * layers, 1e6 / (us * layers));
             summary += (act ? "/" : std::string(" ") + model + "=") + std::to_string(static_cast<int>(us * layers));
         }

@@ -322,6 +322,23 @@ TEST(GptqGemvPlanTest, SlicesCoverK_AndFitWorkspace) {
     EXPECT_GT(kc::gptq_gemv_plan(1, 4096, 4096).splits, 1);
 }
 
+// The split-K plan runs whole waves of 264 resident CTAs (2 per SM x 132): on the Llama-2 decode shapes (whole layers
+// and one rank's share at TP=2) that is a single wave at least 70% full. A partial second wave (the former
+// "4 CTAs per SM" plan gave 320 CTAs for 70B q|k|v at TP=2) cost 4-20% of decode speed.
+TEST(GptqGemvPlanTest, LlamaShapesRunOneWellFilledWave) {
+    const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {
+        {4096, 12288}, {4096, 4096},  {4096, 22016}, {11008, 4096},  // 7B q|k|v, o, gate|up, down
+        {5120, 15360}, {5120, 5120},  {5120, 27648}, {13824, 5120},  // 13B
+        {8192, 10240}, {8192, 8192},  {8192, 57344}, {28672, 8192},  // 70B
+        {8192, 5120},  {4096, 8192},  {5120, 8192},  {8192, 28672},  {14336, 8192}};  // 70B TP=2 (o padded or not)
+    for (const auto& [k, n] : shapes) {
+        const kc::GptqGemvPlan plan = kc::gptq_gemv_plan(1, k, n);
+        const int ctas = plan.n_tiles * plan.splits;
+        EXPECT_LE(ctas, 264) << "K=" << k << " N=" << n << ": " << plan.splits << " slices";
+        EXPECT_GE(ctas, 185) << "K=" << k << " N=" << n << ": " << plan.splits << " slices";
+    }
+}
+
 TEST(GptqGemvArgsTest, Throws_BadArguments) {
     // Fake but aligned device addresses: every check below fires before anything touches the GPU.
     alignas(16) static std::uint32_t words[64];
