@@ -30,9 +30,10 @@ status=0
 mpirun_np=(mpirun --allow-run-as-root -np "$gpus" -x NCCL_NVLS_ENABLE)
 if [ "$by_binary" = 1 ]; then
   # The distinct commands behind ctest's gpu tests, each run once (stdin closed: mpirun would swallow the list).
+  # Each line: the number of ctest cases of that executable (0 where ctest has one entry for it), a tab, the command.
   ctest --test-dir build-gpu -L gpu --show-only=json-v1 | python3 -c '
 import json, sys
-seen, binaries = [], set()
+order, cases, commands = [], {}, {}
 for t in json.load(sys.stdin)["tests"]:
     args, skip = [], False
     for a in t.get("command", []):
@@ -43,17 +44,38 @@ for t in json.load(sys.stdin)["tests"]:
         elif not a.startswith("--gtest_filter="):
             args.append(a)
     binary = next((a for a in args if "/tests/" in a), None)
-    if binary and binary not in binaries:  # one run per executable, whatever per-case arguments remain
-        binaries.add(binary)
-        seen.append(" ".join(args))
-print("\n".join(seen))' > /tmp/gpu-test-commands.txt
+    if binary is None:
+        continue
+    if binary not in commands:
+        order.append(binary)
+        cases[binary] = 0
+        # A filter given last wins over any ctest passes, in whatever form: every case of the executable runs.
+        commands[binary] = " ".join(args) + " \"--gtest_filter=*\""
+    cases[binary] += 1
+# One ctest entry may be a whole executable (the mpirun suites) or its only case: no count to check then.
+print("\n".join(f"{cases[b] if cases[b] > 1 else 0}\t{commands[b]}" for b in order))' > /tmp/gpu-test-commands.txt
   echo "$(wc -l < /tmp/gpu-test-commands.txt) gpu test executables"
 
   : > "$out/tests.log"
-  while read -r command; do
+  total=0
+  while IFS=$'\t' read -r cases command; do
     name=$(grep -o '[^ ]*/tests/[^ ]*' <<< "$command" | head -1); name=${name##*/}
-    if (eval "$command") < /dev/null >> "$out/tests.log" 2>&1; then echo "$name: passed"; else echo "$name: FAILED"; status=1; fi
+    (eval "$command") < /dev/null > /tmp/gpu-test-run.log 2>&1
+    rc=$?
+    cat /tmp/gpu-test-run.log >> "$out/tests.log"
+    # gtest's summary line (the mpirun suites print it from rank 0 only).
+    ran=$(sed 's/\x1b\[[0-9;]*m//g' /tmp/gpu-test-run.log | sed -n 's/^\[==========\] \([0-9]*\) tests\? from .* ran.*/\1/p' | tail -1)
+    ran=${ran:-0}
+    total=$((total + ran))
+    if [ "$rc" != 0 ]; then
+      echo "$name: FAILED ($ran cases ran)"; status=1
+    elif [ "$cases" != 0 ] && [ "$ran" != "$cases" ]; then
+      echo "$name: ran $ran cases, ctest lists $cases"; status=1
+    else
+      echo "$name: $ran passed"
+    fi
   done < /tmp/gpu-test-commands.txt
+  echo "gpu test cases run: $total"
 else
   ctest --test-dir build-gpu -L gpu -j 1 --output-on-failure > "$out/tests.log" 2>&1 || status=1
 fi
