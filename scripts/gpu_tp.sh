@@ -2,9 +2,10 @@
 # Tensor parallelism on the 2-GPU machine in one call: build, the NCCL and TP=2 model suites, every single-GPU
 # `gpu` suite, then q4tp-bench at TP=1 and TP=2 (mpirun -np 2) for the synthetic Llama-2 shapes. JSON lines in
 # $OUT/scaling.jsonl (tools/plot_scaling.py draws the chart); a table is printed last.
-#   bash scripts/gpu_tp.sh [--tests-only] [--by-binary] [bench model names...]
+#   bash scripts/gpu_tp.sh [--tests-only] [--by-binary] [--memcheck] [bench model names...]
 #   (default models: llama2-70b llama2-13b llama2-7b, act-order). --by-binary runs each gpu test executable once
-#   instead of one process per test case as ctest does (same tests, a quarter of the time: CUDA starts once).
+#   instead of one process per test case as ctest does (same tests, a quarter of the time: CUDA starts once) and
+#   checks the number of cases each ran; --memcheck adds compute-sanitizer memcheck on the kernel suites.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -12,10 +13,12 @@ out=${OUT:-out}
 mkdir -p "$out"
 tests_only=0
 by_binary=0
+memcheck=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tests-only) tests_only=1; shift ;;
     --by-binary) by_binary=1; shift ;;
+    --memcheck) memcheck=1; shift ;;
     *) break ;;
   esac
 done
@@ -35,28 +38,24 @@ if [ "$by_binary" = 1 ]; then
 import json, sys
 order, cases, commands = [], {}, {}
 for t in json.load(sys.stdin)["tests"]:
-    args, skip = [], False
-    for a in t.get("command", []):
-        if skip:
-            skip = False
-        elif a == "--gtest_filter":  # the pattern is the next argument
-            skip = True
-        elif not a.startswith("--gtest_filter="):
-            args.append(a)
-    binary = next((a for a in args if "/tests/" in a), None)
-    if binary is None:
+    command = t.get("command", [])
+    at = next((i for i, a in enumerate(command) if "/tests/" in a), None)
+    if at is None:
         continue
+    binary = command[at].split()[0]  # the path alone, should an element carry more than one argument
     if binary not in commands:
         order.append(binary)
         cases[binary] = 0
-        # A filter given last wins over any ctest passes, in whatever form: every case of the executable runs.
-        commands[binary] = " ".join(args) + " \"--gtest_filter=*\""
+        # The launcher (mpiexec ...) and the executable, none of the per-case arguments ctest adds after it (its
+        # case filter: keeping any of them ran one case per executable), so gtest runs every case.
+        commands[binary] = " ".join(command[:at] + [binary])
     cases[binary] += 1
 # One ctest entry may be a whole executable (the mpirun suites) or its only case: no count to check then.
 print("\n".join(f"{cases[b] if cases[b] > 1 else 0}\t{commands[b]}" for b in order))' > /tmp/gpu-test-commands.txt
+  cp /tmp/gpu-test-commands.txt "$out/tests.log"
+  head -2 /tmp/gpu-test-commands.txt
   echo "$(wc -l < /tmp/gpu-test-commands.txt) gpu test executables"
 
-  : > "$out/tests.log"
   total=0
   while IFS=$'\t' read -r cases command; do
     name=$(grep -o '[^ ]*/tests/[^ ]*' <<< "$command" | head -1); name=${name##*/}
@@ -85,6 +84,21 @@ grep -E "\(Failed\)|\(Timeout\)|\(Exception\)" "$out/tests.log" | head -20
 awk '/Failure|FAILED  \]/ {print; n++} n >= 12 {exit}' "$out/tests.log"
 
 grep -E "\[ ppl|\[ tp|\[ cuda" "$out/tests.log" | sort | uniq | head -20
+if [ "$memcheck" = 1 ]; then
+  # compute-sanitizer memcheck on the first 3 cases of each single-GPU kernel suite (memcheck.log).
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  : > "$out/memcheck.log"
+  for t in build-gpu/tests/test_cuda_* build-gpu/tests/test_gptq_gemv build-gpu/tests/test_pdl; do
+    case "$t" in *_tp) continue ;; esac
+    [ -x "$t" ] || continue
+    filter=$("$t" --gtest_list_tests | awk '/^[^ ]/ {s=$1} /^  / {print s $1}' | head -n 3 | paste -sd: -)
+    if "$sanitizer" --tool memcheck --error-exitcode 1 "$t" --gtest_filter="$filter" >> "$out/memcheck.log" 2>&1 < /dev/null; then
+      echo "memcheck $(basename "$t"): clean"
+    else
+      echo "memcheck $(basename "$t"): FAILED"; status=1
+    fi
+  done
+fi
 # The tools on the embedded model, on one GPU and tensor parallel: the README's first command, seeded sampling
 # (every rank must print the same text: rank 0 prints), perplexity of the held-out text. Output in $out/tools.txt.
 {
