@@ -42,13 +42,15 @@ for t in json.load(sys.stdin)["tests"]:
     at = next((i for i, a in enumerate(command) if "/tests/" in a), None)
     if at is None:
         continue
-    binary = command[at].split()[0]  # the path alone, should an element carry more than one argument
+    # CMake 4 runs each discovered case through a script: cmake -D TEST_EXECUTABLE=path -D TEST_FILTER=... -P ...
+    script = command[at].startswith("TEST_EXECUTABLE=")
+    binary = command[at].split("=", 1)[1] if script else command[at]
     if binary not in commands:
         order.append(binary)
         cases[binary] = 0
-        # The launcher (mpiexec ...) and the executable, none of the per-case arguments ctest adds after it (its
-        # case filter: keeping any of them ran one case per executable), so gtest runs every case.
-        commands[binary] = " ".join(command[:at] + [binary])
+        # The launcher (mpiexec ...) and the executable, none of the per-case arguments ctest passes (its case
+        # filter), so gtest runs every case.
+        commands[binary] = binary if script else " ".join(command[:at] + [binary])
     cases[binary] += 1
 # One ctest entry may be a whole executable (the mpirun suites) or its only case: no count to check then.
 print("\n".join(f"{cases[b] if cases[b] > 1 else 0}\t{commands[b]}" for b in order))' > /tmp/gpu-test-commands.txt
