@@ -35,25 +35,33 @@ if [ "$by_binary" = 1 ]; then
   # The distinct commands behind ctest's gpu tests, each run once (stdin closed: mpirun would swallow the list).
   # Each line: the number of ctest cases of that executable (0 where ctest has one entry for it), a tab, the command.
   ctest --test-dir build-gpu -L gpu --show-only=json-v1 | python3 -c '
-import json, sys
-order, cases, commands = [], {}, {}
+import json, shlex, sys
+order, cases = [], {}
 for t in json.load(sys.stdin)["tests"]:
     command = t.get("command", [])
     at = next((i for i, a in enumerate(command) if "/tests/" in a), None)
     if at is None:
         continue
-    # CMake 4 runs each discovered case through a script: cmake -D TEST_EXECUTABLE=path -D TEST_FILTER=... -P ...
-    script = command[at].startswith("TEST_EXECUTABLE=")
-    binary = command[at].split("=", 1)[1] if script else command[at]
-    if binary not in commands:
-        order.append(binary)
-        cases[binary] = 0
-        # The launcher (mpiexec ...) and the executable, none of the per-case arguments ctest passes (its case
-        # filter), so gtest runs every case.
-        commands[binary] = binary if script else " ".join(command[:at] + [binary])
-    cases[binary] += 1
-# One ctest entry may be a whole executable (the mpirun suites) or its only case: no count to check then.
-print("\n".join(f"{cases[b] if cases[b] > 1 else 0}\t{commands[b]}" for b in order))' > /tmp/gpu-test-commands.txt
+    if command[at].startswith("TEST_EXECUTABLE="):
+        # CMake 4 runs each discovered gtest case through a script: cmake -D TEST_EXECUTABLE=path -D TEST_FILTER=...
+        args = [command[at].split("=", 1)[1]]
+    else:
+        # CMake 3 passes the case filter on the command line; other tests (scripts) keep their whole command.
+        args, skip = [], False
+        for a in command:
+            if skip:
+                skip = False
+            elif a == "--gtest_filter":
+                skip = True
+            elif not a.startswith("--gtest_filter="):
+                args.append(a)
+    key = " ".join(shlex.quote(a) for a in args)  # the cases of one executable collapse into one command
+    if key not in cases:
+        order.append(key)
+        cases[key] = 0
+    cases[key] += 1
+# One ctest entry may be a whole executable (the mpirun suites, scripts) or its only case: no count to check then.
+print("\n".join(f"{cases[k] if cases[k] > 1 else 0}\t{k}" for k in order))' > /tmp/gpu-test-commands.txt
   cp /tmp/gpu-test-commands.txt "$out/tests.log"
   head -2 /tmp/gpu-test-commands.txt
   echo "$(wc -l < /tmp/gpu-test-commands.txt) gpu test executables"
@@ -72,6 +80,8 @@ print("\n".join(f"{cases[b] if cases[b] > 1 else 0}\t{commands[b]}" for b in ord
       echo "$name: FAILED ($ran cases ran)"; status=1
     elif [ "$cases" != 0 ] && [ "$ran" != "$cases" ]; then
       echo "$name: ran $ran cases, ctest lists $cases"; status=1
+    elif [ "$ran" = 0 ]; then
+      echo "$name: passed: $(tail -1 /tmp/gpu-test-run.log | cut -c1-100)"  # a script, not a gtest executable
     else
       echo "$name: $ran passed"
     fi
