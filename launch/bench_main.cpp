@@ -174,7 +174,7 @@ int bench(int argc, char** argv) {
                          " prompt tokens plus " + std::to_string(gen_tokens) + " generated");
     }
 
-    Job job;
+    Job& job = Job::start();
     std::unique_ptr<model::Ops> ops = job.make_backend(parse_device(device));
     const bool use_cuda = ops->device() == Device::Cuda;
     std::string card = "cpu";

@@ -100,7 +100,7 @@ int generate(int argc, char** argv) {
     sampling.repetition_last_n = static_cast<std::int32_t>(repeat_last_n);
     session.model_dir = model_dir;
     session.device = parse_device(device);
-    Job job;
+    Job& job = Job::start();
     // Under mpirun every rank samples for itself, so a random seed is drawn once (rank 0) and shared.
     sampling.seed = job.root_value(seed >= 0 ? static_cast<std::uint64_t>(seed) : std::random_device{}());
     sampling.validate();

@@ -18,6 +18,7 @@
 namespace q4tp::launch {
 namespace {
 Job* g_job = nullptr;
+std::unique_ptr<Job> g_started;  // Job::start()'s, ended by Job::end()
 // Rows the one-shot all-reduce takes per call: decode steps (one token per sequence); prefill chunks use NCCL.
 constexpr std::int64_t kFusedAllReduceTokens = 8;
 
@@ -52,6 +53,15 @@ Job::~Job() {
     fused_all_reduce_.reset();  // its buffers are mapped by the peers: freed while CUDA and MPI are still up
     comm_.reset();
     if (g_job == this) g_job = nullptr;
+}
+
+Job& Job::start() {
+    if (!g_started) g_started = std::make_unique<Job>();
+    return *g_started;
+}
+
+void Job::end() noexcept {
+    g_started.reset();
 }
 
 Job* Job::current() noexcept {

@@ -49,6 +49,13 @@ public:
     //! so that they sample the same tokens.
     std::uint64_t root_value(std::uint64_t value) const;
 
+    //! The tools' job: created on the first call and kept until end(). run_tool (launch/tool_main.h) ends it only
+    //! after reporting an error, so that under mpirun the failing rank names its reason before the job is torn
+    //! down. (A Job on the stack of the tool's body would be destroyed while the exception unwinds, and its MPI
+    //! session would abort the job with no word of why.)
+    static Job& start();
+    //! Ends the job start() made (MPI finalized, communicators freed); nothing if there is none.
+    static void end() noexcept;
     //! The job of this process, if one was created (run_tool uses it to end every rank on an error).
     static Job* current() noexcept;
     //! Logs the reason naming this rank, aborts the communicator and the MPI job; returns only at size 1.

@@ -48,7 +48,7 @@ int perplexity(int argc, char** argv) {
     session.context = config.window;
     session.all_logits = true;
     if (session.batch_tokens < config.window) session.batch_tokens = config.window;
-    Job job;
+    Job& job = Job::start();
     ModelSession run(session, job);
     config.add_bos = add_bos;
     config.bos_id = static_cast<std::int32_t>(run.tokenizer().bos_id());

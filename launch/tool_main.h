@@ -6,7 +6,8 @@
 
 namespace q4tp::launch {
 
-//! Runs body(argc, argv) and maps exceptions to exit codes; never lets an exception escape main.
+//! Runs body(argc, argv) and maps exceptions to exit codes; never lets an exception escape main. Under mpirun an
+//! error ends every rank, saying which rank failed and why (Job::fail), before the job started by Job::start() ends.
 int run_tool(const char* tool, int argc, char** argv, const std::function<int(int, char**)>& body);
 
 }  // namespace q4tp::launch

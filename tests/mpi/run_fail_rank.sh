@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs a job in which one rank fails and checks the failure semantics of docs/design.md: the whole job ends
-# non-zero within 10 s (no rank left hanging in a collective) and stderr says which rank failed and why.
+# non-zero within 10 s (no rank left hanging in a collective) and stderr says which rank failed and why. The
+# command may be any job (fail_rank, or a tool that refuses its input after the job started).
 #   run_fail_rank.sh NP EXPECTED_REGEX MPIRUN_AND_COMMAND...
 set -uo pipefail
 np=$1 expected=$2
