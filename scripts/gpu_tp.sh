@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Tensor parallelism on the 2-GPU machine in one call: build, the NCCL and TP=2 model suites, every single-GPU
-# `gpu` suite, then q4tp-bench at TP=1 and TP=2 (mpirun -np 2) for the synthetic Llama-2 shapes. JSON lines in
+# Tensor parallelism on a multi-GPU machine in one call: build, the NCCL and TP=2 model suites, every single-GPU
+# `gpu` suite (the model suite again over all GPUs when there are more than 2), then q4tp-bench at TP=1, 2, 4, ...
+# up to the GPU count (mpirun -np N) for the synthetic Llama-2 shapes. --bench-only skips the suites and tools
+# (not the all-GPU model suite). JSON lines in
 # $OUT/scaling.jsonl (tools/plot_scaling.py draws the chart); a table is printed last.
-#   bash scripts/gpu_tp.sh [--tests-only] [--by-binary] [--memcheck] [bench model names...]
+#   bash scripts/gpu_tp.sh [--tests-only | --bench-only] [--by-binary] [--memcheck] [bench model names...]
 #   (default models: llama2-70b llama2-13b llama2-7b, act-order). --by-binary runs each gpu test executable once
 #   instead of one process per test case as ctest does (same tests, a quarter of the time: CUDA starts once) and
 #   checks the number of cases each ran; --memcheck adds compute-sanitizer memcheck on the kernel suites.
@@ -12,11 +14,13 @@ export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 out=${OUT:-out}
 mkdir -p "$out"
 tests_only=0
+bench_only=0
 by_binary=0
 memcheck=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tests-only) tests_only=1; shift ;;
+    --bench-only) bench_only=1; shift ;;
     --by-binary) by_binary=1; shift ;;
     --memcheck) memcheck=1; shift ;;
     *) break ;;
@@ -31,7 +35,9 @@ cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -40 "$ou
 
 status=0
 mpirun_np=(mpirun --allow-run-as-root -np "$gpus" -x NCCL_NVLS_ENABLE)
-if [ "$by_binary" = 1 ]; then
+if [ "$bench_only" = 1 ]; then
+  : > "$out/tests.log"
+elif [ "$by_binary" = 1 ]; then
   # The distinct commands behind ctest's gpu tests, each run once (stdin closed: mpirun would swallow the list).
   # Each line: the number of ctest cases of that executable (0 where ctest has one entry for it), a tab, the command.
   ctest --test-dir build-gpu -L gpu --show-only=json-v1 | python3 -c '
@@ -111,6 +117,18 @@ if [ "$memcheck" = 1 ]; then
     fi
   done
 fi
+# ctest's model suite runs at TP=2; with more GPUs it runs again over all of them (TP=N logits and greedy tokens
+# against TP=1, fused all-reduce against NCCL, perplexity).
+if [ "$gpus" -gt 2 ]; then
+  if "${mpirun_np[@]}" build-gpu/tests/test_cuda_tp < /dev/null > /tmp/tp-all.log 2>&1; then
+    echo "test_cuda_tp at TP=$gpus: passed"
+  else
+    echo "test_cuda_tp at TP=$gpus: FAILED"; tail -20 /tmp/tp-all.log; status=1
+  fi
+  cat /tmp/tp-all.log >> "$out/tests.log"
+  grep -E "^\[ (tp|ppl) " /tmp/tp-all.log | sort | uniq
+fi
+[ "$bench_only" = 1 ] || {
 # The tools on the embedded model, on one GPU and tensor parallel: the README's first command, seeded sampling
 # (every rank must print the same text: rank 0 prints), perplexity of the held-out text. Output in $out/tools.txt.
 {
@@ -125,6 +143,7 @@ fi
   done
 } > "$out/tools.txt" 2>&1 || status=1
 grep -iE "perplexity|tokens/s|error" "$out/tools.txt" | head -12
+}
 [ "$tests_only" = 1 ] && exit $status
 # Each run's table goes to $out/bench.txt (one file: the device returns at most 8).
 bench() {  # label, command...
@@ -138,10 +157,11 @@ bench() {  # label, command...
 for model in "${models[@]}"; do
   bench "$model TP=1" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 --json "$out/scaling.jsonl" \
     --log-level warn || { status=1; tail -3 /tmp/bench-run.txt; }
-  if [ "$gpus" -ge 2 ]; then
-    bench "$model TP=$gpus" "${mpirun_np[@]}" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 \
-      --json "$out/scaling.jsonl" --log-level warn || { status=1; tail -5 /tmp/bench-run.txt; }
-  fi
+  for ((np = 2; np <= gpus; np *= 2)); do  # 2, 4, 8 GPUs as far as the machine has them
+    bench "$model TP=$np" mpirun --allow-run-as-root -np "$np" -x NCCL_NVLS_ENABLE build-gpu/bin/q4tp-bench \
+      --synthetic "$model" --act-order --repeats 2 --json "$out/scaling.jsonl" --log-level warn ||
+      { status=1; tail -5 /tmp/bench-run.txt; }
+  done
 done
 head -1 "$out/cards.txt"
 python3 - "$out/scaling.jsonl" <<'PY'
