@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <span>
+#include <string>
 
 #include "core/model/cuda_ops.h"
 #include "core/model/generator.h"
@@ -62,7 +64,16 @@ int for_each_split_fixture(int tp, const Check& check) {
     return ran;
 }
 
-::testing::AssertionResult all_close_local(const std::vector<float>& out, const std::vector<float>& ref) {
+//! The gap between the two largest logits of a row: a greedy choice closer than this is a near-tie.
+double top2_gap(std::span<const float> row) {
+    std::vector<float> sorted(row.begin(), row.end());
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+    return static_cast<double>(sorted[0]) - sorted[1];
+}
+
+//! Logits within fp16 tolerance of a reference; prints the largest difference under `what`.
+::testing::AssertionResult all_close_local(const std::vector<float>& out, const std::vector<float>& ref,
+                                           const std::string& what) {
     if (out.size() != ref.size()) return ::testing::AssertionFailure() << "sizes differ";
     double worst = 0.0;
     for (std::size_t i = 0; i < out.size(); ++i) {
@@ -72,7 +83,7 @@ int for_each_split_fixture(int tp, const Check& check) {
         }
         worst = std::max(worst, diff);
     }
-    std::printf("[ tp       ] max |logit diff| TP=2 vs TP=1: %.4f\n", worst);
+    std::printf("[ tp       ] max |logit diff| %s: %.4f\n", what.c_str(), worst);
     return ::testing::AssertionSuccess();
 }
 
@@ -92,17 +103,13 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
         std::vector<float> a, b;
         whole.forward(prompt, 0, model::LogitsMode::All, a);
         shard.forward(prompt, 0, model::LogitsMode::All, b);
-        EXPECT_TRUE(all_close_local(b, a));
+        EXPECT_TRUE(all_close_local(b, a, "TP=" + std::to_string(comm.size()) + " vs TP=1"));
         model::GenerationConfig greedy;
         greedy.max_new_tokens = 64;
         greedy.ignore_eos = true;
         greedy.sampling.temperature = 0.0;
         std::vector<double> gaps;  // TP=1's top-2 logit gap at each step
-        model::LogitsCallback record = [&](std::span<const float> row) {
-            std::vector<float> sorted(row.begin(), row.end());
-            std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
-            gaps.push_back(static_cast<double>(sorted[0]) - sorted[1]);
-        };
+        model::LogitsCallback record = [&](std::span<const float> row) { gaps.push_back(top2_gap(row)); };
         const auto want = model::generate(whole, f.tokenizer, prompt, greedy, nullptr, &record).tokens;
         const auto got = model::generate(shard, f.tokenizer, prompt, greedy, nullptr).tokens;
         ASSERT_EQ(got.size(), want.size());
@@ -128,7 +135,7 @@ TEST(TensorParallelCudaTest, FixturesMatchTp1) {
 
 // The one-shot IPC all-reduce fused with the residual add and RMSNorm (what q4tp's tools use at TP > 1 for steps of
 // up to 8 rows) against NCCL + add + rms_norm: at TP=2 both round the same fp32 sums once, so the logits of every
-// step must be bitwise equal, and so must the greedy tokens.
+// step must be bitwise equal, and so must the greedy tokens; over more ranks they agree within fp16 tolerance.
 TEST(TensorParallelCudaTest, FusedAllReduceEqualsNcclPath) {
     const parallel::MpiSession& session = mpi_session();
     if (kernels::cuda::device_count() < session.local_size()) GTEST_SKIP() << "fewer GPUs than ranks";
@@ -162,10 +169,25 @@ TEST(TensorParallelCudaTest, FusedAllReduceEqualsNcclPath) {
         };
         const auto a = model::generate(nccl, f.tokenizer, prompt, greedy, nullptr, &keep_nccl).tokens;
         const auto b = model::generate(one_shot, f.tokenizer, prompt, greedy, nullptr, &keep_fused).tokens;
-        EXPECT_EQ(a, b);
+        ASSERT_EQ(a.size(), b.size());
         ASSERT_EQ(rows_nccl.size(), rows_fused.size());
-        for (std::size_t r = 0; r < rows_nccl.size(); ++r) {
-            ASSERT_EQ(rows_nccl[r], rows_fused[r]) << "logits of step " << r << " differ";
+        if (comm.size() == 2) {
+            EXPECT_EQ(a, b);
+            for (std::size_t r = 0; r < rows_nccl.size(); ++r) {
+                ASSERT_EQ(rows_nccl[r], rows_fused[r]) << "logits of step " << r << " differ";
+            }
+            return;
+        }
+        // Over more ranks NCCL's ring rounds its partial sums to fp16 at every hop while the one-shot kernel sums
+        // in fp32 and rounds once (measured at TP=4: logits 0.01 apart), so: equal within fp16 tolerance up to the
+        // first differing token, and that token's step a near-tie.
+        const auto diverge = static_cast<std::size_t>(std::mismatch(a.begin(), a.end(), b.begin()).first - a.begin());
+        for (std::size_t r = 0; r <= std::min(diverge, rows_nccl.size() - 1); ++r) {
+            EXPECT_TRUE(all_close_local(rows_fused[r], rows_nccl[r], "fused vs NCCL, step " + std::to_string(r)));
+        }
+        if (diverge < a.size()) {
+            EXPECT_LT(top2_gap(rows_nccl[diverge]), 0.1)
+                << "greedy tokens part at step " << diverge << " where NCCL's choice was not a near-tie";
         }
     });
     if (comm.rank() == 0) std::printf("[ tp       ] fused all-reduce == NCCL path on %d fixtures\n", ran);
