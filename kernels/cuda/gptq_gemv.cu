@@ -17,9 +17,10 @@
 //  - Loads in flight: 8 blocks (8 x 16 B) per lane, refilled one by one as each block is consumed (a rolling
 //    prefetch with predicated loads, no second register buffer); the first 8 are issued before the activation
 //    gather. Each block's scales and zero points travel with its weights, off the dot product's dependency chain.
-//  - Split-K: when N alone gives too few CTAs, K is cut into `splits` slices (gptq_gemv_plan: as many slices as fill
-//    whole waves of resident CTAs). Each CTA writes fp32 partials to the workspace; the last CTA of a column tile (a self-resetting atomic
-//    counter) sums them in slice order, adds the residual in fp32 and writes fp16. Deterministic and graph-safe.
+//  - Split-K: when N alone gives too few CTAs, K is cut into `splits` slices (gptq_gemv_plan: the slicing that best
+//    fills whole waves of resident CTAs). Each CTA writes fp32 partials to the workspace; the last CTA of a column
+//    tile (a self-resetting atomic counter) sums them in slice order, adds the residual in fp32 and writes fp16.
+//    Deterministic and graph-safe.
 //
 // Variants: one kernel template per m (1..8), chosen by the single switch in gptq_gemv. Group sizes are runtime
 // (any multiple of 32, or K), act-order is the perm pointer (nullptr = rows already in order). Padded layouts (row
@@ -515,8 +516,8 @@ std::int64_t iters_for_target(int n_tiles, std::int64_t total_iters, std::int64_
 
 //! Rounds per CTA that minimise waves x (rounds + fixed cost) with `resident` CTAs per wave; ties keep more rounds
 //! per CTA (fewer slices to reduce).
-std::int64_t iters_for_whole_waves(int n_tiles, std::int64_t total_iters, std::int64_t max_iters,
-                                   std::int64_t resident, std::int64_t fixed_rounds) {
+std::int64_t iters_for_whole_waves(
+    int n_tiles, std::int64_t total_iters, std::int64_t max_iters, std::int64_t resident, std::int64_t fixed_rounds) {
     std::int64_t best = 1, best_cost = -1;
     for (std::int64_t iters = std::min(total_iters, max_iters); iters >= 1; --iters) {
         const std::int64_t ctas = n_tiles * ceil_div(total_iters, iters);
@@ -544,9 +545,9 @@ GptqGemvPlan gptq_gemv_plan(int m, std::int64_t k, std::int64_t n) {
     const std::int64_t total_iters = ceil_div(k_blocks, kBlocksInFlight);
     const std::int64_t max_iters = std::max<std::int64_t>(1, kMaxStageBytes / (m * kBlocksInFlight * 64));
     const SplitPolicy policy = split_policy();
-    const std::int64_t iters =
-        policy.whole_waves ? iters_for_whole_waves(plan.n_tiles, total_iters, max_iters, policy.ctas, policy.fixed_rounds)
-                           : iters_for_target(plan.n_tiles, total_iters, max_iters, policy.ctas);
+    const std::int64_t iters = policy.whole_waves ? iters_for_whole_waves(plan.n_tiles, total_iters, max_iters,
+                                                                          policy.ctas, policy.fixed_rounds)
+                                                  : iters_for_target(plan.n_tiles, total_iters, max_iters, policy.ctas);
     plan.blocks_per_split = static_cast<int>(iters * kBlocksInFlight);
     plan.splits = static_cast<int>(ceil_div(k_blocks, plan.blocks_per_split));
     if (partial_bytes(plan, m, n) > kMaxPartialBytes) {

@@ -72,7 +72,8 @@ double top2_gap(std::span<const float> row) {
 }
 
 //! Logits within fp16 tolerance of a reference; prints the largest difference under `what`.
-::testing::AssertionResult all_close_local(const std::vector<float>& out, const std::vector<float>& ref,
+::testing::AssertionResult all_close_local(const std::vector<float>& out,
+                                           const std::vector<float>& ref,
                                            const std::string& what) {
     if (out.size() != ref.size()) return ::testing::AssertionFailure() << "sizes differ";
     double worst = 0.0;
