@@ -7,6 +7,7 @@
 #   bash scripts/gpu_ab.sh [--models "llama2-70b llama2-13b"] [--no-micro] SETTING...
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 out=${OUT:-out}
 mkdir -p "$out"
@@ -21,14 +22,13 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || set -- base
 gpus=$(nvidia-smi -L | tee "$out/cards.txt" | wc -l)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQ4TP_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null || exit 1
-cmake --build build-gpu -j "$(nproc)" --target q4tp-bench bench_gptq_gemv > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+gpu_build "$out/build.log" q4tp-bench bench_gptq_gemv || exit 1
 
 : > "$out/ab.jsonl"; : > "$out/micro.txt"
 for setting in "$@"; do
   env_args=()
-  mpi_env=(-x NCCL_NVLS_ENABLE)
-  if [ "$setting" != base ]; then env_args=("$setting"); mpi_env+=(-x "${setting%%=*}"); fi
+  mpi_env=()
+  if [ "$setting" != base ]; then env_args=("$setting"); mpi_env=(-x "${setting%%=*}"); fi
   echo "=== $setting"
   if [ "$micro" = 1 ]; then
     env "${env_args[@]}" build-gpu/bin/bench_gptq_gemv --quick > /tmp/micro.txt 2>&1; { echo "=== $setting"; cat /tmp/micro.txt; } >> "$out/micro.txt"
@@ -37,8 +37,9 @@ for setting in "$@"; do
   for model in $models; do
     for np in 1 $([ "$gpus" -ge 2 ] && echo "$gpus"); do
       : > /tmp/ab-run.jsonl
-      env "${env_args[@]}" mpirun --allow-run-as-root -np "$np" "${mpi_env[@]}" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 --log-level warn \
-        --json /tmp/ab-run.jsonl > /tmp/ab-run.txt 2>&1 < /dev/null || { echo "$setting $model TP=$np failed"; tail -5 /tmp/ab-run.txt; }
+      ( [ ${#env_args[@]} -eq 0 ] || export "${env_args[@]}"
+        mpirun_n "$np" "${mpi_env[@]}" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 \
+          --log-level warn --json /tmp/ab-run.jsonl ) > /tmp/ab-run.txt 2>&1 < /dev/null || { echo "$setting $model TP=$np failed"; tail -5 /tmp/ab-run.txt; }
       [ -s /tmp/ab-run.jsonl ] && tail -1 /tmp/ab-run.jsonl | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["setting"]=sys.argv[1]; print(json.dumps(r))' "$setting" >> "$out/ab.jsonl"
       grep -E "gen best" /tmp/ab-run.txt | sed "s/^/$model TP=$np: /"
     done

@@ -5,6 +5,7 @@
 #   bash scripts/gpu_check.sh [--no-bench] [--bench-only] [bench model names...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 out=${OUT:-out}
 mkdir -p "$out"
@@ -22,8 +23,7 @@ done
 nvidia-smi -L | tee "$out/cards.txt"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 start=$(date +%s)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQ4TP_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null || exit 1
-cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+gpu_build "$out/build.log" || exit 1
 echo "build: $(( $(date +%s) - start )) s"
 
 status=0
@@ -31,16 +31,8 @@ if [ "$run_tests" = 1 ]; then
   ctest --test-dir build-gpu -L gpu --output-on-failure -j 1 > "$out/gpu-tests.log" 2>&1 || status=1
   grep -E "tests passed|tests failed|\[ golden|\[ cuda" "$out/gpu-tests.log"
   grep -E "^\s+[0-9]+ - .*\(Failed|Exception|Timeout" "$out/gpu-tests.log" | head -30
-  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for t in build-gpu/tests/test_cuda_*; do
-    [ -x "$t" ] || continue
-    filter=$("$t" --gtest_list_tests | awk '/^[^ ]/ {s=$1} /^  / {print s $1}' | head -n 3 | paste -sd: -)
-    if "$sanitizer" --tool memcheck --error-exitcode 1 "$t" --gtest_filter="$filter" > "$out/memcheck-$(basename "$t").log" 2>&1; then
-      echo "memcheck $(basename "$t"): clean"
-    else
-      echo "memcheck $(basename "$t"): FAILED"; tail -20 "$out/memcheck-$(basename "$t").log"; status=1
-    fi
-  done
+  : > "$out/memcheck.log"
+  memcheck_first_cases "$out/memcheck.log" build-gpu/tests/test_cuda_* || status=1
 fi
 
 if [ "$run_bench" = 1 ]; then

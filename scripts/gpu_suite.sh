@@ -6,6 +6,7 @@
 # Q4TP_SANITIZE_FILTER, or by default the first two tests the binary lists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh
 
 suite=${1:?usage: scripts/gpu_suite.sh <suite-folder> [test binary names...]}
 shift
@@ -27,17 +28,13 @@ nvidia-smi -L || true
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQ4TP_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
 cmake --build build-gpu --target "${binaries[@]}" -j "$(nproc)"
 
-sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+sanitizer=$(sanitizer_path)
 status=0
 for b in "${binaries[@]}"; do
   echo "=== ${b}"
   "build-gpu/tests/${b}" || status=1
   filter=${Q4TP_SANITIZE_FILTER:-}
-  if [ -z "${filter}" ]; then
-    # --gtest_list_tests prints "Suite." lines followed by indented case names.
-    filter=$("build-gpu/tests/${b}" --gtest_list_tests | awk '/^[^ ]/ {s=$1} /^  / {print s $1}' | head -n 2 |
-      paste -sd: -)
-  fi
+  [ -n "${filter}" ] || filter=$(first_cases "build-gpu/tests/${b}" 2)
   echo "=== ${b} under compute-sanitizer memcheck (--gtest_filter=${filter})"
   "${sanitizer}" --tool memcheck --error-exitcode 1 "build-gpu/tests/${b}" --gtest_filter="${filter}" || status=1
 done

@@ -10,6 +10,7 @@
 #   checks the number of cases each ran; --memcheck adds compute-sanitizer memcheck on the kernel suites.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/gpu_lib.sh
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 out=${OUT:-out}
 mkdir -p "$out"
@@ -30,11 +31,9 @@ models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(llama2-70b llama2-13b llama2-7b)
 gpus=$(nvidia-smi -L | tee "$out/cards.txt" | wc -l)
 
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQ4TP_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null || exit 1
-cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+gpu_build "$out/build.log" || exit 1
 
 status=0
-mpirun_np=(mpirun --allow-run-as-root -np "$gpus" -x NCCL_NVLS_ENABLE)
 if [ "$bench_only" = 1 ]; then
   : > "$out/tests.log"
 elif [ "$by_binary" = 1 ]; then
@@ -69,7 +68,6 @@ for t in json.load(sys.stdin)["tests"]:
 # One ctest entry may be a whole executable (the mpirun suites, scripts) or its only case: no count to check then.
 print("\n".join(f"{cases[k] if cases[k] > 1 else 0}\t{k}" for k in order))' > /tmp/gpu-test-commands.txt
   cp /tmp/gpu-test-commands.txt "$out/tests.log"
-  head -2 /tmp/gpu-test-commands.txt
   echo "$(wc -l < /tmp/gpu-test-commands.txt) gpu test executables"
 
   total=0
@@ -103,24 +101,15 @@ awk '/Failure|FAILED  \]/ {print; n++} n >= 12 {exit}' "$out/tests.log"
 
 grep -E "\[ ppl|\[ tp|\[ cuda" "$out/tests.log" | sort | uniq | head -20
 if [ "$memcheck" = 1 ]; then
-  # compute-sanitizer memcheck on the first 3 cases of each single-GPU kernel suite (memcheck.log).
-  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  # The single-GPU kernel suites (the TP suite needs mpirun); output in memcheck.log.
   : > "$out/memcheck.log"
-  for t in build-gpu/tests/test_cuda_* build-gpu/tests/test_gptq_gemv build-gpu/tests/test_pdl; do
-    case "$t" in *_tp) continue ;; esac
-    [ -x "$t" ] || continue
-    filter=$("$t" --gtest_list_tests | awk '/^[^ ]/ {s=$1} /^  / {print s $1}' | head -n 3 | paste -sd: -)
-    if "$sanitizer" --tool memcheck --error-exitcode 1 "$t" --gtest_filter="$filter" >> "$out/memcheck.log" 2>&1 < /dev/null; then
-      echo "memcheck $(basename "$t"): clean"
-    else
-      echo "memcheck $(basename "$t"): FAILED"; status=1
-    fi
-  done
+  memcheck_first_cases "$out/memcheck.log" $(ls build-gpu/tests/test_cuda_* | grep -v '_tp$') \
+    build-gpu/tests/test_gptq_gemv build-gpu/tests/test_pdl || status=1
 fi
 # ctest's model suite runs at TP=2; with more GPUs it runs again over all of them (TP=N logits and greedy tokens
 # against TP=1, fused all-reduce against NCCL, perplexity).
 if [ "$gpus" -gt 2 ]; then
-  if "${mpirun_np[@]}" build-gpu/tests/test_cuda_tp < /dev/null > /tmp/tp-all.log 2>&1; then
+  if mpirun_n "$gpus" build-gpu/tests/test_cuda_tp < /dev/null > /tmp/tp-all.log 2>&1; then
     echo "test_cuda_tp at TP=$gpus: passed"
   else
     echo "test_cuda_tp at TP=$gpus: FAILED"; tail -20 /tmp/tp-all.log; status=1
@@ -135,10 +124,10 @@ fi
   echo "=== q4tp-generate (README, CUDA)"
   build-gpu/bin/q4tp-generate -m models/tiny-llama -p "A list in Python" -n 64
   echo; echo "=== q4tp-generate TP=$gpus, --temperature 0.8 --seed 7"
-  "${mpirun_np[@]}" build-gpu/bin/q4tp-generate -m models/tiny-llama -p "A list in Python" -n 48 --temperature 0.8 --seed 7
+  mpirun_n "$gpus" build-gpu/bin/q4tp-generate -m models/tiny-llama -p "A list in Python" -n 48 --temperature 0.8 --seed 7
   for np in 1 "$gpus"; do
     echo; echo "=== q4tp-perplexity TP=$np"
-    mpirun --allow-run-as-root -np "$np" -x NCCL_NVLS_ENABLE build-gpu/bin/q4tp-perplexity -m models/tiny-llama \
+    mpirun_n "$np" build-gpu/bin/q4tp-perplexity -m models/tiny-llama \
       --text tests/data/perplexity/heldout.txt --add-bos
   done
 } > "$out/tools.txt" 2>&1 || status=1
@@ -158,8 +147,8 @@ for model in "${models[@]}"; do
   bench "$model TP=1" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 --json "$out/scaling.jsonl" \
     --log-level warn || { status=1; tail -3 /tmp/bench-run.txt; }
   for ((np = 2; np <= gpus; np *= 2)); do  # 2, 4, 8 GPUs as far as the machine has them
-    bench "$model TP=$np" mpirun --allow-run-as-root -np "$np" -x NCCL_NVLS_ENABLE build-gpu/bin/q4tp-bench \
-      --synthetic "$model" --act-order --repeats 2 --json "$out/scaling.jsonl" --log-level warn ||
+    bench "$model TP=$np" mpirun_n "$np" build-gpu/bin/q4tp-bench --synthetic "$model" --act-order --repeats 2 \
+      --json "$out/scaling.jsonl" --log-level warn ||
       { status=1; tail -5 /tmp/bench-run.txt; }
   done
 done
