@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 #include <sstream>
+#include <utility>
 
 #include "core/base/cuda_check.h"
 #include "core/base/error.h"
@@ -117,9 +118,9 @@ std::vector<float> reference_dequantize(const GptqLayer& layer, bool round_to_fp
     return w;
 }
 
-PreparedHost prepare(const GptqLayer& layer) {
+kernels::cuda::GptqSource source_of(const GptqLayer& layer, std::string name) {
     kernels::cuda::GptqSource source;
-    source.name = "test." + layer.spec.str();
+    source.name = std::move(name);
     source.k = layer.spec.k;
     source.n = layer.spec.n;
     source.group_size = layer.spec.group_size;
@@ -129,7 +130,11 @@ PreparedHost prepare(const GptqLayer& layer) {
     source.qzeros = layer.qzeros;
     source.scales = layer.scales;
     source.g_idx = layer.g_idx;
-    kernels::cuda::GptqPrepared p = kernels::cuda::gptq_prepare(source);
+    return source;
+}
+
+PreparedHost prepare(const GptqLayer& layer) {
+    kernels::cuda::GptqPrepared p = kernels::cuda::gptq_prepare(source_of(layer, "test." + layer.spec.str()));
     PreparedHost h;
     h.k = p.k;
     h.k_rows = p.k_rows;

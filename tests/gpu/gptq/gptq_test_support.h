@@ -1,7 +1,6 @@
 // GPTQ test support shared by the prepare (CPU) and GEMV (GPU) suites: random layers in the checkpoint format,
 // an independent fp32 reference dequantizer written from docs/formats.md R2.4-R2.11, a double-precision reference
-// GEMV, and device copies of prepared layers. The header is C++17 (it is included by .cu files); the
-// implementation calls gptq_prepare (C++20).
+// GEMV, and device copies of prepared layers.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +11,7 @@
 #include "core/base/device_buffer.h"
 #include "core/base/model_config.h"
 #include "kernels/cuda/gptq_gemv.h"
+#include "kernels/cuda/gptq_prepare.h"
 
 namespace q4tp::gptq_test {
 
@@ -56,7 +56,10 @@ std::vector<float> reference_dequantize_row(const GptqLayer& layer, std::int64_t
 //! One exact reference weight s (q - z) (not rounded to fp16).
 float reference_weight(const GptqLayer& layer, std::int64_t k, std::int64_t n);
 
-//! Prepared buffers (gptq_prepare's output, copied out so this header stays C++17).
+//! gptq_prepare's input for a layer: views of its buffers (the layer must outlive it), under `name`.
+kernels::cuda::GptqSource source_of(const GptqLayer& layer, std::string name);
+
+//! Prepared buffers (gptq_prepare's output, copied out).
 struct PreparedHost {
     std::int64_t k = 0;
     std::int64_t k_rows = 0;

@@ -1,16 +1,18 @@
 //! Test helpers for safetensors files: a self-deleting temporary directory, raw file bytes built
-//! from a header string (to craft malformed files), and reproducible non-zero random data.
+//! from a header string (to craft malformed files), reproducible non-zero random data, and act-order g_idx.
 #pragma once
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <numeric>
 #include <random>
 #include <string>
 #include <string_view>
@@ -123,6 +125,17 @@ void expect_error(Fn&& fn, const std::vector<std::string>& keywords) {
         }
         EXPECT_EQ(e.message().find('\n'), std::string::npos) << "message is not one line: " << e.message();
     }
+}
+
+//! g_idx as GPTQ writes it with desc_act (R2.15): group j covers rows perm[j*gs .. (j+1)*gs).
+inline std::vector<std::int32_t> act_order_g_idx(std::int64_t k, std::int64_t gs, std::mt19937& rng) {
+    std::vector<std::int32_t> perm(static_cast<std::size_t>(k));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<std::int32_t> g_idx(static_cast<std::size_t>(k));
+    for (std::int64_t j = 0; j < k; ++j)
+        g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / gs);
+    return g_idx;
 }
 
 }  // namespace q4tp::st_test

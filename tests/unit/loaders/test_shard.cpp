@@ -24,20 +24,10 @@
 namespace q4tp::loaders {
 namespace {
 
+using st_test::act_order_g_idx;
 using st_test::expect_error;
 
 // ---- helpers ------------------------------------------------------------------------------------
-
-//! g_idx as GPTQ writes it with desc_act (R2.15): group j covers rows perm[j*gs .. (j+1)*gs).
-std::vector<std::int32_t> act_order_g_idx(std::int64_t k, std::int64_t gs, std::mt19937& rng) {
-    std::vector<std::int32_t> perm(static_cast<std::size_t>(k));
-    std::iota(perm.begin(), perm.end(), 0);
-    std::shuffle(perm.begin(), perm.end(), rng);
-    std::vector<std::int32_t> g_idx(static_cast<std::size_t>(k));
-    for (std::int64_t j = 0; j < k; ++j)
-        g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / gs);
-    return g_idx;
-}
 
 struct LayerSpec {
     std::string name = "model.layers.0.mlp.down_proj";

@@ -21,18 +21,7 @@ namespace kc = kernels::cuda;
 using gptq_test::LayerSpec;
 
 kc::GptqSource source_of(const gptq_test::GptqLayer& layer) {
-    kc::GptqSource s;
-    s.name = "model.layers.0.mlp.up_proj";
-    s.k = layer.spec.k;
-    s.n = layer.spec.n;
-    s.group_size = layer.spec.group_size;
-    s.num_groups = layer.num_groups;
-    s.zero_format = layer.spec.format;
-    s.qweight = layer.qweight;
-    s.qzeros = layer.qzeros;
-    s.scales = layer.scales;
-    s.g_idx = layer.g_idx;
-    return s;
+    return gptq_test::source_of(layer, "model.layers.0.mlp.up_proj");
 }
 
 // ---- the prepared layout holds exactly the reference weights -------------------------------------
