@@ -7,8 +7,7 @@
 #   bash scripts/gpu_ab.sh [--models "llama2-70b llama2-13b"] [--no-micro] SETTING...
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source scripts/gpu_lib.sh
-export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+source scripts/gpu_lib.sh  # also sets the environment every GPU command needs
 out=${OUT:-out}
 mkdir -p "$out"
 models="llama2-70b llama2-13b"

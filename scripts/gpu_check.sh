@@ -5,8 +5,7 @@
 #   bash scripts/gpu_check.sh [--no-bench] [--bench-only] [bench model names...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source scripts/gpu_lib.sh
-export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+source scripts/gpu_lib.sh  # also sets the environment every GPU command needs
 out=${OUT:-out}
 mkdir -p "$out"
 

@@ -1,6 +1,10 @@
 # Helpers shared by the GPU machine's scripts (sourced, not run): the build, mpirun and compute-sanitizer steps
 # that gpu_check.sh, gpu_tp.sh, gpu_ab.sh and gpu_suite.sh would otherwise each spell out.
 
+# NVLink multicast stays off on the lent machines (docs/gpu-machine.md); commands run as root there, which Open MPI
+# refuses unless told.
+export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
 # gpu_build LOG [TARGET...]: configures build-gpu (Release, warnings as errors, sm_90) and builds the targets
 # (everything when none are named), output in LOG; on failure prints the log's tail and returns 1.
 gpu_build() {

@@ -21,8 +21,6 @@ if [ ${#binaries[@]} -eq 0 ]; then
   exit 2
 fi
 
-# NVLink SHARP (multicast) stays off on the lent machines.
-export NCCL_NVLS_ENABLE=0
 nvidia-smi -L || true
 
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQ4TP_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
